@@ -1,0 +1,214 @@
+package main
+
+// config.go: flags, environment and the home folder's layout.
+//
+// Precedence everywhere: a flag beats its environment variable, which beats
+// the default.
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+const (
+	defaultPort   = "10933"
+	defaultListen = ":" + defaultPort
+	// maxDiscard is the largest body the agent reads and throws away to keep a
+	// connection in step after refusing its request (PROTOCOL §3).
+	maxDiscard = 16 << 20
+)
+
+// limits are the protocol's bounds (PROTOCOL §3 table) and the agent's own.
+type limits struct {
+	MaxLine          int64         `json:"max_line"`
+	HandshakeTimeout time.Duration `json:"-"`
+	IdleTimeout      time.Duration `json:"-"`
+	BodyTimeout      time.Duration `json:"-"`
+	MaxConns         int           `json:"max_conns"`
+	MaxWait          time.Duration `json:"-"`
+	// MaxStartups bounds connections still in their TLS handshake, overall
+	// and per source address (OpenSSH's MaxStartups and PerSourceMaxStartups),
+	// so idle sockets from one address cannot starve everybody else.
+	MaxStartups          int `json:"max_startups"`
+	MaxStartupsPerSource int `json:"max_startups_per_source"`
+}
+
+// config is everything `tentacle run` needs, after flags and environment.
+type config struct {
+	Home      string
+	Listen    string
+	LogFormat string // "text" or "json"
+	CertFile  string // optional: identity from mounted files
+	KeyFile   string
+	Limits    limits
+
+	ShutdownGrace  time.Duration // in-flight requests and jobs on SIGTERM
+	KillGrace      time.Duration // SIGTERM → SIGKILL for a job's process group
+	JobRetention   time.Duration // finished, never-completed jobs are reaped after this
+	DiskReserve    int64         // bytes that uploads must leave free
+	ExtractMaxSize int64         // bytes a package may expand to
+	ExtractMaxFile int64         // entries a package may hold
+	PackageGrace   time.Duration // an undeployed package survives pruning this long
+	AuditMaxSize   int64         // audit.log is rotated past this size
+}
+
+// defaultHome is /var/lib/tentacle for root (a system service), else
+// ~/.tentacle; on Windows %ProgramData%\tentacle for an administrator is not
+// detectable cheaply, so the user's profile is used.
+func defaultHome() string {
+	if runtime.GOOS != "windows" && os.Geteuid() == 0 {
+		return "/var/lib/tentacle"
+	}
+	if h, err := os.UserHomeDir(); err == nil && h != "" {
+		return filepath.Join(h, ".tentacle")
+	}
+	if u, err := user.Current(); err == nil && u.HomeDir != "" {
+		return filepath.Join(u.HomeDir, ".tentacle")
+	}
+	return ".tentacle"
+}
+
+// envOr returns the environment variable's value, or def when it is unset or
+// empty.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// homeFlag registers -home with its environment default on fs.
+func homeFlag(fs *flag.FlagSet) *string {
+	return fs.String("home", envOr("TENTACLE_HOME", defaultHome()), "agent `dir`ectory: identity, trust list, jobs, files, packages, apps (env TENTACLE_HOME)")
+}
+
+// listenFlag registers -listen with its environment default on fs.
+func listenFlag(fs *flag.FlagSet) *string {
+	return fs.String("listen", envOr("TENTACLE_LISTEN", defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
+}
+
+// runFlags registers every flag of `tentacle run` on fs and returns the
+// config they fill in.
+func runFlags(fs *flag.FlagSet) *config {
+	c := &config{}
+	fs.StringVar(&c.Home, "home", envOr("TENTACLE_HOME", defaultHome()), "agent `dir`ectory (env TENTACLE_HOME)")
+	fs.StringVar(&c.Listen, "listen", envOr("TENTACLE_LISTEN", defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
+	fs.StringVar(&c.LogFormat, "log-format", envOr("TENTACLE_LOG_FORMAT", "text"), "log `format`: text or json (env TENTACLE_LOG_FORMAT)")
+	fs.StringVar(&c.CertFile, "cert", os.Getenv("TENTACLE_CERT_FILE"), "use this certificate PEM `file` instead of <home>/tentacle.crt (env TENTACLE_CERT_FILE)")
+	fs.StringVar(&c.KeyFile, "key", os.Getenv("TENTACLE_KEY_FILE"), "use this private key PEM `file` instead of <home>/tentacle.key (env TENTACLE_KEY_FILE)")
+	fs.Int64Var(&c.Limits.MaxLine, "max-line", 1<<20, "longest request line in `bytes`")
+	fs.DurationVar(&c.Limits.HandshakeTimeout, "handshake-timeout", 10*time.Second, "TLS handshake `deadline`")
+	fs.DurationVar(&c.Limits.IdleTimeout, "idle-timeout", 10*time.Minute, "close a connection idle this `long`")
+	fs.DurationVar(&c.Limits.BodyTimeout, "body-timeout", 60*time.Second, "close a connection whose body stalls this `long`")
+	fs.IntVar(&c.Limits.MaxConns, "max-conns", 1024, "open connections at most")
+	fs.DurationVar(&c.Limits.MaxWait, "max-wait", 60*time.Second, "longest job.status wait_ms (`duration`)")
+	fs.IntVar(&c.Limits.MaxStartups, "max-startups", 64, "connections in their TLS handshake at most")
+	fs.IntVar(&c.Limits.MaxStartupsPerSource, "max-startups-per-source", 8, "connections in their TLS handshake at most from one address")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, wait this `long` for requests and jobs")
+	fs.DurationVar(&c.KillGrace, "kill-grace", 10*time.Second, "between SIGTERM and SIGKILL when killing a job (`duration`)")
+	fs.DurationVar(&c.JobRetention, "job-retention", 24*time.Hour, "remove finished jobs nobody completed after this `long`")
+	fs.Int64Var(&c.DiskReserve, "disk-reserve", 256<<20, "`bytes` an upload must leave free on its disk")
+	fs.Int64Var(&c.ExtractMaxSize, "extract-max-size", 8<<30, "`bytes` a package may expand to")
+	fs.Int64Var(&c.ExtractMaxFile, "extract-max-files", 200000, "`entries` a package may hold")
+	fs.DurationVar(&c.PackageGrace, "package-grace", 24*time.Hour, "keep an undeployed package at least this `long`")
+	fs.Int64Var(&c.AuditMaxSize, "audit-max-size", 64<<20, "rotate audit.log past this many `bytes`")
+	return c
+}
+
+// check validates a config after parsing; its errors are usage errors.
+func (c *config) check() error {
+	if c.Home == "" {
+		return errors.New("-home must not be empty")
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("-log-format must be text or json, not %q", c.LogFormat)
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return errors.New("-cert and -key go together")
+	}
+	if c.Limits.MaxLine < 1024 || c.Limits.MaxConns < 1 || c.Limits.MaxStartups < 1 || c.Limits.MaxStartupsPerSource < 1 {
+		return errors.New("-max-line must be at least 1024 and -max-conns, -max-startups, -max-startups-per-source at least 1")
+	}
+	if strings.TrimSpace(c.Listen) == "" {
+		return errors.New("-listen must not be empty")
+	}
+	abs, err := filepath.Abs(c.Home)
+	if err != nil {
+		return err
+	}
+	c.Home = abs
+	return nil
+}
+
+// The home folder's layout. Every path the agent uses is named here.
+func (c *config) keyPath() string {
+	if c.KeyFile != "" {
+		return c.KeyFile
+	}
+	return filepath.Join(c.Home, "tentacle.key")
+}
+
+func (c *config) certPath() string {
+	if c.CertFile != "" {
+		return c.CertFile
+	}
+	return filepath.Join(c.Home, "tentacle.crt")
+}
+
+func homeTrustPath(home string) string { return filepath.Join(home, "trusted_servers") }
+func (c *config) trustPath() string    { return homeTrustPath(c.Home) }
+func (c *config) workDir() string      { return filepath.Join(c.Home, "work") }
+func (c *config) filesDir() string     { return filepath.Join(c.Home, "files") }
+func (c *config) packagesDir() string  { return filepath.Join(c.Home, "packages") }
+func (c *config) appsDir() string      { return filepath.Join(c.Home, "apps") }
+func (c *config) auditPath() string    { return filepath.Join(c.Home, "audit.log") }
+
+// writeFileAtomic makes path hold data, whole or not at all: a temporary
+// file in the same folder, written, chmodded, fsynced, closed and renamed over
+// path, then the folder fsynced so the rename itself survives a crash.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Chmod(perm); err != nil && runtime.GOOS != "windows" {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	syncDir(dir)
+	return nil
+}
+
+// syncDir fsyncs a folder so a rename or create in it is durable. Errors are
+// ignored: some platforms (Windows) and filesystems cannot sync a folder.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}

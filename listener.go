@@ -1,0 +1,1035 @@
+package main
+
+// listener.go: TLS, the accept loop with its handshake limits, and the
+// command loop with its framing (PROTOCOL §1, §3, §4).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"reflect"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+)
+
+// Error kinds and their JSON-RPC codes (PROTOCOL §4).
+const (
+	kindParse          = "parse_error"
+	kindInvalidRequest = "invalid_request"
+	kindMethodNotFound = "method_not_found"
+	kindInvalidParams  = "invalid_params"
+	kindInternal       = "internal"
+	kindNotFound       = "not_found"
+	kindConflict       = "conflict"
+	kindIntegrity      = "integrity"
+	kindTooLarge       = "too_large"
+	kindForbidden      = "forbidden"
+	kindIO             = "io"
+	kindRevoked        = "revoked"
+)
+
+var errorCodes = map[string]int{
+	kindParse: -32700, kindInvalidRequest: -32600, kindMethodNotFound: -32601,
+	kindInvalidParams: -32602, kindInternal: -32603, kindNotFound: 1001,
+	kindConflict: 1002, kindIntegrity: 1003, kindTooLarge: 1004,
+	kindForbidden: 1005, kindIO: 1006, kindRevoked: 1007,
+}
+
+// rpcError is an error with a protocol kind. Handlers return it for anything
+// a client should see; any other error is answered as "internal" and logged.
+type rpcError struct {
+	Code    int            `json:"code"`
+	Message string         `json:"message"`
+	Data    map[string]any `json:"data"`
+}
+
+func (e *rpcError) Error() string { return e.Message }
+
+// Kind is the error's data.kind.
+func (e *rpcError) Kind() string {
+	k, _ := e.Data["kind"].(string)
+	return k
+}
+
+// errorf makes an rpcError of kind with a message for a person.
+func errorf(kind, format string, args ...any) *rpcError {
+	return &rpcError{Code: errorCodes[kind], Message: fmt.Sprintf(format, args...), Data: map[string]any{"kind": kind}}
+}
+
+// ioError turns an OS error into the protocol's kind: a full disk is
+// too_large, a missing file not_found, anything else io.
+func ioError(err error) error {
+	var re *rpcError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &re):
+		return re
+	case errors.Is(err, os.ErrNotExist):
+		return errorf(kindNotFound, "%v", err)
+	case isDiskFull(err):
+		return errorf(kindTooLarge, "not enough disk space: %v", err)
+	default:
+		return errorf(kindIO, "%v", err)
+	}
+}
+
+// method is one protocol method.
+type method struct {
+	groups  []string // the allow= groups that may call it (any one suffices)
+	body    bool     // takes a body of params.size bytes
+	mutates bool     // changes something, so it is written to the audit log
+	fn      func(*call) (any, error)
+}
+
+// methods is filled by register calls from each concern's file at init.
+var methods = map[string]method{}
+
+func register(name string, m method) {
+	if _, dup := methods[name]; dup {
+		panic("method registered twice: " + name)
+	}
+	methods[name] = m
+}
+
+// methodNames returns the registered methods, sorted, for info.
+func methodNames() []string {
+	names := make([]string, 0, len(methods))
+	for n := range methods {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// peer is the trusted party on one connection.
+type peer struct {
+	addr       net.Addr
+	thumbprint string
+	entry      *trustEntry // as of the last check; re-checked on every request
+}
+
+// call is one request being handled.
+type call struct {
+	ctx    context.Context // cancelled when the agent shuts down
+	srv    *server
+	peer   *peer
+	method string
+	params json.RawMessage // always an object
+
+	// body reads the request's body (methods with body: true): at most
+	// bodySize bytes. What a handler leaves unread is discarded or closes the
+	// connection (PROTOCOL §3).
+	body     io.Reader
+	bodySize int64
+
+	// replyBody, when set by a handler, writes exactly the size its result
+	// declared right after the result line.
+	replyBody func(w io.Writer) error
+
+	// audit holds the key parameters a handler wants in the audit log: never
+	// file contents or variable values.
+	audit map[string]any
+}
+
+// decodeParams decodes c.params into v, a pointer to a struct whose json tags
+// name the fields. Keys match exactly; an unknown or mistyped field is
+// invalid_params naming it. encoding/json alone matches keys without regard to
+// case and ignores unknown ones, which the protocol forbids.
+func decodeParams(raw json.RawMessage, v any) error {
+	var m map[string]json.RawMessage
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return errorf(kindInvalidParams, "params must be an object")
+		}
+	}
+	rv := reflect.ValueOf(v).Elem()
+	rt := rv.Type()
+	fields := make(map[string]int, rt.NumField())
+	required := map[string]bool{}
+	for i := range rt.NumField() {
+		tag := rt.Field(i).Tag.Get("json")
+		name, opts, _ := strings.Cut(tag, ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		fields[name] = i
+		if strings.Contains(opts, "required") {
+			required[name] = true
+		}
+	}
+	for k, val := range m {
+		i, ok := fields[k]
+		if !ok {
+			return errorf(kindInvalidParams, "unknown field %q in params", k)
+		}
+		if err := json.Unmarshal(val, rv.Field(i).Addr().Interface()); err != nil {
+			return errorf(kindInvalidParams, "field %q: want %s", k, typeName(rt.Field(i).Type))
+		}
+		delete(required, k)
+	}
+	for k := range required {
+		return errorf(kindInvalidParams, "missing field %q in params", k)
+	}
+	return nil
+}
+
+// typeName describes a Go type the way a JSON user thinks of it.
+func typeName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Pointer:
+		return typeName(t.Elem())
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint64, reflect.Uint32:
+		return "an integer"
+	case reflect.Float64, reflect.Float32:
+		return "a number"
+	case reflect.Slice:
+		return "an array of " + strings.TrimPrefix(strings.TrimPrefix(typeName(t.Elem()), "a "), "an ") + "s"
+	case reflect.Map:
+		return "an object of " + strings.TrimPrefix(strings.TrimPrefix(typeName(t.Elem()), "a "), "an ") + "s"
+	}
+	return "another type"
+}
+
+// server is the running agent.
+type server struct {
+	cfg     *config
+	log     *slog.Logger
+	id      *identity
+	trust   *trustStore
+	jobs    *jobManager
+	pkgs    *packageCache
+	apps    *deployManager
+	audit   *auditLog
+	tlsConf *tls.Config
+	started time.Time
+	ctx     context.Context // cancelled when shutdown begins
+	stop    context.CancelFunc
+
+	mu       sync.Mutex // guards conns, startups, closing
+	conns    map[*conn]struct{}
+	startups map[string]int // handshakes in progress by source address
+	closing  bool
+	wg       sync.WaitGroup // connection goroutines
+}
+
+// conn is one client connection.
+type conn struct {
+	tc   *tls.Conn
+	peer *peer
+
+	mu   sync.Mutex // guards idle
+	idle bool       // waiting for a request: safe to close at shutdown
+}
+
+// serverTLSConfig: TLS 1.2+ with forward-secret AEAD suites only, a client
+// certificate required, and the trust decision made in VerifyConnection,
+// which (unlike VerifyPeerCertificate) also runs on resumed sessions.
+func (s *server) serverTLSConfig() *tls.Config {
+	base := &tls.Config{
+		Certificates: []tls.Certificate{s.id.cert},
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: aeadSuites,
+		ClientAuth:   tls.RequireAnyClientCert,
+		NextProtos:   []string{"tentacle/1"},
+	}
+	// GetConfigForClient gives the verifier the connection's address, which
+	// from= needs; the ticket keys stay those of base, so resumption works.
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		cfg := base.Clone()
+		cfg.GetConfigForClient = nil
+		addr := hello.Conn.RemoteAddr()
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				s.log.Warn("rejected client", "peer", addr.String(), "reason", "no certificate")
+				return errors.New("a client certificate is required")
+			}
+			tp := thumbprint(cs.PeerCertificates[0])
+			if _, err := s.trust.lookup(tp, addr, time.Now()); err != nil {
+				s.log.Warn("rejected client", "peer", addr.String(), "thumbprint", tp, "reason", err.Error(),
+					"fix", "if this client should be trusted: tentacle trust add "+tp)
+				return errors.New("client not trusted")
+			}
+			return nil
+		}
+		return cfg, nil
+	}
+	return base
+}
+
+// aeadSuites are the TLS 1.2 suites allowed: ECDHE (forward secret) with an
+// AEAD. TLS 1.3 suites are all of that kind and are not configurable.
+var aeadSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// serve accepts connections until the listener is closed. At most MaxConns
+// are open: past that, Accept is not called and new ones wait in the
+// kernel's backlog.
+func (s *server) serve(ln net.Listener) error {
+	slots := make(chan struct{}, s.cfg.Limits.MaxConns)
+	var delay time.Duration
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-s.ctx.Done():
+			return nil
+		}
+		nc, err := ln.Accept()
+		if err != nil {
+			<-slots
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: back off, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		src := sourceOf(nc.RemoteAddr())
+		if !s.beginStartup(src) {
+			nc.Close()
+			<-slots
+			s.log.Warn("dropped connection", "peer", nc.RemoteAddr().String(), "reason", "too many handshakes in progress")
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-slots }()
+			s.handle(nc, src)
+		}()
+	}
+}
+
+// sourceOf is the address a connection's handshakes are counted under.
+func sourceOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	return a.String()
+}
+
+// beginStartup admits a connection into its handshake unless that would
+// exceed MaxStartups overall or MaxStartupsPerSource from its address.
+func (s *server) beginStartup(src string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	total := 0
+	for _, n := range s.startups {
+		total += n
+	}
+	if s.closing || total >= s.cfg.Limits.MaxStartups || s.startups[src] >= s.cfg.Limits.MaxStartupsPerSource {
+		return false
+	}
+	s.startups[src]++
+	return true
+}
+
+func (s *server) endStartup(src string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.startups[src]--; s.startups[src] <= 0 {
+		delete(s.startups, src)
+	}
+}
+
+// handle runs one connection: handshake, then the command loop.
+func (s *server) handle(nc net.Conn, src string) {
+	start := time.Now()
+	tc := tls.Server(nc, s.tlsConf)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Limits.HandshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	s.endStartup(src)
+	if err != nil {
+		// Trust rejections were logged by the verifier with the thumbprint.
+		s.log.Debug("handshake failed", "peer", nc.RemoteAddr().String(), "err", err)
+		tc.Close()
+		return
+	}
+	cs := tc.ConnectionState()
+	tp := thumbprint(cs.PeerCertificates[0])
+	entry, err := s.trust.lookup(tp, nc.RemoteAddr(), time.Now())
+	if err != nil { // revoked between the verifier and here
+		tc.Close()
+		return
+	}
+	c := &conn{tc: tc, peer: &peer{addr: nc.RemoteAddr(), thumbprint: tp, entry: entry}}
+	if !s.track(c) {
+		tc.Close()
+		return
+	}
+	s.log.Info("connected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
+		"tls", tls.VersionName(cs.Version), "resumed", cs.DidResume)
+	n, err := s.commandLoop(c)
+	s.untrack(c)
+	tc.Close()
+	s.log.Info("disconnected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
+		"requests", n, "duration", time.Since(start).Round(time.Millisecond), "reason", errString(err))
+}
+
+func errString(err error) string {
+	if err == nil || errors.Is(err, io.EOF) {
+		return "closed by client"
+	}
+	return err.Error()
+}
+
+func (s *server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *server) untrack(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.conns, c)
+}
+
+// setIdle marks the connection as waiting for a request; it reports false
+// when the agent is shutting down and the connection should end.
+func (s *server) setIdle(c *conn, idle bool) bool {
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	c.mu.Lock()
+	c.idle = idle
+	c.mu.Unlock()
+	return !closing
+}
+
+// deadlineReader sets a read deadline before every read, so a stalled peer
+// is noticed: timeout is the idle limit between requests and the body limit
+// within one.
+type deadlineReader struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if d.timeout > 0 {
+		d.c.SetReadDeadline(time.Now().Add(d.timeout))
+	}
+	return d.c.Read(p)
+}
+
+// errLineTooLong is returned by readLine for a line over its cap.
+var errLineTooLong = errors.New("line too long")
+
+// readLine reads one line, without "\n" and a "\r" before it, buffering at
+// most about max bytes (plus the reader's own buffer): past that it stops
+// with errLineTooLong, leaving the rest of the line unread. At EOF a last
+// line without "\n" is returned with io.EOF. The line is always a copy.
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		line = append(line, chunk...)
+		if err == bufio.ErrBufferFull {
+			if len(line) > max+1 { // not even a trailing "\r" brings it under
+				return nil, errLineTooLong
+			}
+			continue
+		}
+		if err == nil {
+			line = line[:len(line)-1]
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		if len(line) > max {
+			return nil, errLineTooLong
+		}
+		return line, err
+	}
+}
+
+// skipLine consumes the rest of a line.
+func skipLine(br *bufio.Reader) error {
+	for {
+		_, err := br.ReadSlice('\n')
+		if err != bufio.ErrBufferFull {
+			return err
+		}
+	}
+}
+
+// request is a decoded envelope.
+type request struct {
+	id     json.RawMessage // nil for a notification
+	method string
+	params json.RawMessage
+}
+
+// response is the envelope written back.
+type response struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Result  any             `json:"result,omitempty"`
+	Error   *rpcError       `json:"error,omitempty"`
+}
+
+var nullID = json.RawMessage("null")
+
+// parseRequest checks one line against PROTOCOL §3. On error it returns the
+// id when it could be read (else nil), so the answer can carry it.
+func parseRequest(line []byte) (*request, error) {
+	if !utf8.Valid(line) {
+		return nil, errorf(kindParse, "the line is not valid UTF-8")
+	}
+	trimmed := bytes.TrimLeft(line, " \t\r")
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		return nil, errorf(kindInvalidRequest, "batches are not supported: send one request object per line")
+	}
+	if err := checkJSON(line); err != nil {
+		return nil, err
+	}
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, errorf(kindInvalidRequest, "a request must be a JSON object")
+	}
+	var env map[string]json.RawMessage
+	if err := json.Unmarshal(line, &env); err != nil {
+		return nil, errorf(kindParse, "%v", err)
+	}
+	req := &request{}
+	// Read the id first so every later error can carry it.
+	if id, ok := env["id"]; ok {
+		if len(id) == 0 || (id[0] != '"' && id[0] != '-' && (id[0] < '0' || id[0] > '9')) {
+			return nil, errorf(kindInvalidRequest, "id must be a string or a number")
+		}
+		req.id = id
+	}
+	fail := func(kind, format string, args ...any) (*request, error) {
+		return req, errorf(kind, format, args...)
+	}
+	for k := range env {
+		switch k {
+		case "jsonrpc", "id", "method", "params":
+		default:
+			return fail(kindInvalidRequest, "unknown member %q in the request (members are jsonrpc, id, method, params)", k)
+		}
+	}
+	if v, ok := env["jsonrpc"]; ok && string(v) != `"2.0"` {
+		return fail(kindInvalidRequest, `jsonrpc must be "2.0"`)
+	}
+	m, ok := env["method"]
+	if !ok {
+		return fail(kindInvalidRequest, "the request has no method")
+	}
+	if err := json.Unmarshal(m, &req.method); err != nil {
+		return fail(kindInvalidRequest, "method must be a string")
+	}
+	if p, ok := env["params"]; ok {
+		if p[0] != '{' {
+			return fail(kindInvalidParams, "params must be an object")
+		}
+		req.params = p
+	}
+	return req, nil
+}
+
+// maxDepth bounds nesting in a request; real requests nest two or three
+// levels, and the check below recurses.
+const maxDepth = 64
+
+// checkJSON checks that line holds exactly one JSON value, with white space
+// only after it, and no duplicate key in any object.
+func checkJSON(line []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.UseNumber()
+	if err := checkValue(dec, 0); err != nil {
+		return err
+	}
+	if rest := line[dec.InputOffset():]; len(bytes.TrimSpace(rest)) > 0 {
+		return errorf(kindParse, "unexpected data after the JSON object")
+	}
+	return nil
+}
+
+// checkValue reads one JSON value from dec, refusing duplicate keys.
+func checkValue(dec *json.Decoder, depth int) error {
+	if depth > maxDepth {
+		return errorf(kindInvalidRequest, "the request nests deeper than %d levels", maxDepth)
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return errorf(kindParse, "the line is not JSON: %v", err)
+	}
+	d, ok := tok.(json.Delim)
+	if !ok {
+		return nil
+	}
+	var keys map[string]struct{}
+	for dec.More() {
+		if d == '{' {
+			k, err := dec.Token()
+			if err != nil {
+				return errorf(kindParse, "the line is not JSON: %v", err)
+			}
+			key, _ := k.(string)
+			if keys == nil {
+				keys = map[string]struct{}{}
+			}
+			if _, dup := keys[key]; dup {
+				return errorf(kindInvalidRequest, "duplicate key %q", key)
+			}
+			keys[key] = struct{}{}
+		}
+		if err := checkValue(dec, depth+1); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing delimiter
+		return errorf(kindParse, "the line is not JSON: %v", err)
+	}
+	return nil
+}
+
+// commandLoop answers requests in order until the connection ends. It
+// returns the number of requests and why it ended.
+func (s *server) commandLoop(c *conn) (int, error) {
+	dr := &deadlineReader{c: c.tc, timeout: s.cfg.Limits.IdleTimeout}
+	br := bufio.NewReaderSize(dr, 64<<10)
+	bw := bufio.NewWriterSize(c.tc, 32<<10)
+	enc := json.NewEncoder(bw)
+	enc.SetEscapeHTML(false)
+	n := 0
+	for {
+		if !s.setIdle(c, true) {
+			return n, errors.New("agent shutting down")
+		}
+		dr.timeout = s.cfg.Limits.IdleTimeout
+		line, err := readLine(br, int(s.cfg.Limits.MaxLine))
+		s.setIdle(c, false)
+		if err == errLineTooLong {
+			s.writeResponse(bw, enc, &response{ID: nullID, Error: errorf(kindTooLarge, "request line longer than %d bytes", s.cfg.Limits.MaxLine)})
+			bw.Flush()
+			return n, err
+		}
+		if err != nil && (err != io.EOF || len(line) == 0) {
+			if s.ctx.Err() != nil {
+				return n, errors.New("agent shutting down")
+			}
+			return n, err
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		n++
+		closeAfter, rerr := s.handleRequest(c, line, br, dr, bw, enc)
+		if br.Buffered() == 0 || closeAfter || rerr != nil {
+			// Pipelined requests already buffered are answered before the
+			// flush, saving a write per request.
+			if ferr := bw.Flush(); ferr != nil {
+				return n, ferr
+			}
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+		if closeAfter {
+			return n, errors.New("closed by agent after an error")
+		}
+	}
+}
+
+func (s *server) writeResponse(bw *bufio.Writer, enc *json.Encoder, r *response) error {
+	r.JSONRPC = "2.0"
+	if r.ID == nil {
+		r.ID = nullID
+	}
+	return enc.Encode(r) // Encode ends the line with "\n"
+}
+
+// handleRequest parses, checks and runs one request, and writes its answer.
+// closeAfter asks the loop to close the connection (an unknown or huge body,
+// a revoked client); err is a broken connection.
+func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadlineReader, bw *bufio.Writer, enc *json.Encoder) (closeAfter bool, err error) {
+	start := time.Now()
+	req, perr := parseRequest(line)
+	var rid json.RawMessage
+	notify := true
+	if req != nil {
+		rid, notify = req.id, req.id == nil
+	}
+	reply := func(result any, rerr error) error {
+		if notify && (rerr == nil || req != nil) {
+			return nil
+		}
+		r := &response{ID: rid}
+		if rerr != nil {
+			var re *rpcError
+			if !errors.As(rerr, &re) {
+				s.log.Error("internal error", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "method", req.method, "err", rerr)
+				re = errorf(kindInternal, "internal error: %v", rerr)
+			}
+			r.Error = re
+		} else {
+			r.Result = result
+		}
+		return s.writeResponse(bw, enc, r)
+	}
+	if perr != nil {
+		if req == nil || req.method == "" {
+			notify = false // an unreadable request always gets its error
+		}
+		s.logRequest(c, "", start, perr)
+		return false, reply(nil, perr)
+	}
+	m, known := methods[req.method]
+	cl := &call{ctx: s.ctx, srv: s, peer: c.peer, method: req.method, params: req.params}
+
+	// Body framing first, so even a refused request keeps the stream in step.
+	if known && m.body {
+		size, serr := bodySize(req.params)
+		if serr != nil {
+			s.logRequest(c, req.method, start, serr)
+			notify = false
+			return true, reply(nil, errorf(kindInvalidParams, "%v; the connection is closed because its body cannot be found", serr))
+		}
+		cl.bodySize = size
+		cl.body = &bodyReader{r: io.LimitReader(br, size), dr: dr, timeout: s.cfg.Limits.BodyTimeout}
+	}
+	skipBody := func() (bool, error) {
+		if cl.body == nil {
+			return false, nil
+		}
+		b := cl.body.(*bodyReader)
+		if b.err != nil {
+			return true, nil // the stream is broken
+		}
+		left := cl.bodySize - b.n
+		if left == 0 {
+			return false, nil
+		}
+		if left > maxDiscard {
+			return true, nil
+		}
+		if _, err := io.Copy(io.Discard, b); err != nil {
+			return true, err
+		}
+		return false, nil
+	}
+
+	var result any
+	var herr error
+	switch entry, terr := s.trust.lookup(c.peer.thumbprint, c.peer.addr, time.Now()); {
+	case terr != nil:
+		herr = errorf(kindRevoked, "this client is no longer trusted: %v", terr)
+		closeAfter = true
+	case !known:
+		herr = errorf(kindMethodNotFound, "unknown method %q", req.method)
+	case !entry.allows(m.groups):
+		c.peer.entry = entry
+		herr = errorf(kindForbidden, "trust entry %q does not allow %s (allow=%s)", entry.Name, req.method, strings.Join(entry.Allow, ","))
+	default:
+		c.peer.entry = entry
+		result, herr = m.fn(cl)
+	}
+	if closeAfter {
+		notify = false
+	}
+	stuck, berr := skipBody()
+	closeAfter = closeAfter || stuck
+	if stuck && herr == nil && cl.replyBody == nil {
+		herr = errorf(kindTooLarge, "the request's body was not read")
+	}
+	if known && m.mutates && s.audit != nil {
+		s.audit.record(cl, start, herr)
+	}
+	s.logRequest(c, req.method, start, herr)
+	if werr := reply(result, herr); werr != nil {
+		return true, werr
+	}
+	if cl.replyBody != nil && herr == nil {
+		if werr := cl.replyBody(bw); werr != nil {
+			// The promised size can no longer be kept: end the connection.
+			s.log.Error("failed to send a body", "peer", c.peer.addr.String(), "method", req.method, "err", werr)
+			return true, werr
+		}
+	}
+	return closeAfter, berr
+}
+
+// bodySize reads the size a body-carrying request declares.
+func bodySize(params json.RawMessage) (int64, error) {
+	var p struct {
+		Size *int64 `json:"size"`
+	}
+	if len(params) > 0 {
+		var m map[string]json.RawMessage
+		json.Unmarshal(params, &m)
+		if raw, ok := m["size"]; ok {
+			if err := json.Unmarshal(raw, &p.Size); err != nil || p.Size == nil {
+				return 0, errors.New(`"size" must be a non-negative integer`)
+			}
+		}
+	}
+	if p.Size == nil {
+		return 0, errors.New(`missing field "size" in params: this method takes a body of that many bytes`)
+	}
+	if *p.Size < 0 {
+		return 0, errors.New(`"size" must be a non-negative integer`)
+	}
+	return *p.Size, nil
+}
+
+// bodyReader reads a request's body under the body timeout and remembers
+// how much was read and whether the stream broke.
+type bodyReader struct {
+	r       io.Reader
+	dr      *deadlineReader
+	timeout time.Duration
+	n       int64
+	err     error // a read error other than the body's end: the stream is broken
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	prev := b.dr.timeout
+	b.dr.timeout = b.timeout
+	n, err := b.r.Read(p)
+	b.dr.timeout = prev
+	b.n += int64(n)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// logRequest writes the one line per request.
+func (s *server) logRequest(c *conn, method string, start time.Time, err error) {
+	outcome := "ok"
+	if err != nil {
+		var re *rpcError
+		if errors.As(err, &re) {
+			outcome = re.Kind()
+		} else {
+			outcome = kindInternal
+		}
+	}
+	name := ""
+	if c.peer.entry != nil {
+		name = c.peer.entry.Name
+	}
+	s.log.Info("request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", name,
+		"method", method, "duration", time.Since(start).Round(time.Microsecond), "outcome", outcome)
+}
+
+// shutdown stops accepting, lets requests in flight finish within ctx, then
+// closes what is left.
+func (s *server) shutdown(ctx context.Context) {
+	s.mu.Lock()
+	s.closing = true
+	conns := slices.Collect(func(yield func(*conn) bool) {
+		for c := range s.conns {
+			if !yield(c) {
+				return
+			}
+		}
+	})
+	s.mu.Unlock()
+	s.stop()
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.idle {
+			c.tc.SetReadDeadline(time.Now()) // wakes the loop, which sees closing
+		}
+		c.mu.Unlock()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.tc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+}
+
+// runAgent runs the agent until SIGINT or SIGTERM.
+func runAgent(cfg *config, logw io.Writer, ready func(*server, net.Addr)) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return runAgentContext(ctx, cfg, logw, ready)
+}
+
+// runAgentContext runs the agent until ctx is done, then shuts down
+// gracefully. ready, if not nil, is called once the agent is listening.
+func runAgentContext(ctx context.Context, cfg *config, logw io.Writer, ready func(*server, net.Addr)) error {
+	log := newLogger(cfg.LogFormat, logw)
+	s, err := newServer(cfg, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		s.close()
+		return fmt.Errorf("failed to listen on %q: %v", cfg.Listen, err)
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "thumbprint", s.id.thumbprint, "home", cfg.Home, "version", versionString())
+	if ready != nil {
+		ready(s, ln.Addr())
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.serve(ln) }()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "grace", cfg.ShutdownGrace)
+	case err := <-done:
+		ln.Close()
+		s.close()
+		return err
+	}
+	ln.Close()
+	grace, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	s.shutdown(grace)
+	<-done
+	s.jobs.shutdown(grace)
+	s.close()
+	log.Info("stopped")
+	return nil
+}
+
+// newLogger makes the agent's slog logger: text by default, JSON by flag.
+func newLogger(format string, w io.Writer) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// newServer prepares the home, identity, trust list and subsystems.
+func newServer(cfg *config, log *slog.Logger) (*server, error) {
+	if err := os.MkdirAll(cfg.Home, 0o700); err != nil {
+		return nil, fmt.Errorf("failed to create home %q: %v", cfg.Home, err)
+	}
+	var id *identity
+	var err error
+	if cfg.CertFile != "" {
+		id, err = loadIdentity(cfg.KeyFile, cfg.CertFile)
+	} else {
+		var created bytes.Buffer
+		id, err = ensureIdentity(cfg, &created)
+		if created.Len() > 0 {
+			log.Info("created identity", "cert", cfg.certPath(), "key", cfg.keyPath(), "thumbprint", id.thumbprint)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	env, err := parseTrustEnv(os.Getenv("TENTACLE_TRUST"))
+	if err != nil {
+		return nil, err
+	}
+	self := &trustEntry{Thumbprint: id.thumbprint, Name: "self (health probe)", Allow: []string{"read"}, self: true}
+	trustPath := cfg.trustPath()
+	onReload := func(problems []string, servers int) {
+		for _, p := range problems {
+			log.Warn("trust list problem", "problem", p)
+		}
+		if servers == 0 {
+			log.Warn("no trusted servers: nobody can connect yet", "fix", "add one with \"tentacle trust add THUMBPRINT\" (or set TENTACLE_TRUST)", "trust_file", trustPath)
+		} else {
+			log.Info("trust list loaded", "trusted_servers", servers, "trust_file", trustPath)
+		}
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	s := &server{
+		cfg: cfg, log: log, id: id, started: time.Now(), ctx: sctx, stop: cancel,
+		conns: map[*conn]struct{}{}, startups: map[string]int{},
+	}
+	s.trust = newTrustStore(trustPath, self, env, onReload)
+	s.tlsConf = s.serverTLSConfig()
+	if s.jobs, err = newJobManager(cfg, log); err != nil {
+		return nil, err
+	}
+	if s.pkgs, err = newPackageCache(cfg, log); err != nil {
+		return nil, err
+	}
+	if s.apps, err = newDeployManager(cfg, log, s.jobs, s.pkgs); err != nil {
+		return nil, err
+	}
+	if s.audit, err = openAuditLog(cfg.auditPath(), cfg.AuditMaxSize); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// close releases what newServer opened.
+func (s *server) close() {
+	s.stop()
+	if s.audit != nil {
+		s.audit.close()
+	}
+}
+
+func init() {
+	register("ping", method{groups: []string{"read"}, fn: func(c *call) (any, error) {
+		if err := decodeParams(c.params, &struct{}{}); err != nil {
+			return nil, err
+		}
+		return pong, nil
+	}})
+	register("info", method{groups: []string{"read"}, fn: handleInfo})
+}
+
+var pong = map[string]bool{"pong": true}
+
+func handleInfo(c *call) (any, error) {
+	if err := decodeParams(c.params, &struct{}{}); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	l := c.srv.cfg.Limits
+	return map[string]any{
+		"name": "tentacle", "version": versionString(), "protocol": 1, "methods": methodNames(),
+		"os": runtime.GOOS, "arch": runtime.GOARCH, "hostname": host, "home": c.srv.cfg.Home,
+		"uptime_s":   int64(time.Since(c.srv.started).Seconds()),
+		"thumbprint": c.srv.id.thumbprint,
+		"client":     map[string]string{"thumbprint": c.peer.thumbprint, "name": c.peer.entry.Name},
+		"shells":     availableShells(),
+		"limits": map[string]any{
+			"max_line": l.MaxLine, "max_body_discard": maxDiscard,
+			"handshake_timeout_s": l.HandshakeTimeout.Seconds(), "idle_timeout_s": l.IdleTimeout.Seconds(),
+			"body_timeout_s": l.BodyTimeout.Seconds(), "max_conns": l.MaxConns, "max_wait_ms": l.MaxWait.Milliseconds(),
+		},
+	}, nil
+}

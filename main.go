@@ -1,0 +1,316 @@
+// Command tentacle is a listening deployment agent: it listens on TCP 10933
+// for mutually-authenticated TLS connections from trusted servers and runs
+// their scripts, takes their files and packages, and deploys releases. The
+// same binary is the client.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version string
+
+// command is one subcommand.
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) int
+}
+
+// commands in the order help lists them.
+var commands []command
+
+func init() {
+	commands = []command{
+		{"run", "run the agent", cmdRun},
+		{"new-certificate", "make the agent's identity (key and certificate)", cmdNewCertificate},
+		{"show-thumbprint", "print this home's thumbprint", cmdShowThumbprint},
+		{"trust", "add, remove or list trusted servers", cmdTrust},
+		{"call", "send one request to an agent and print the result", cmdCall},
+		{"exec", "run a script on an agent, streaming its output", cmdExec},
+		{"jobs", "list an agent's jobs", cmdJobs},
+		{"job", "show (and follow) one job", cmdJob},
+		{"upload", "send a file to an agent", cmdUpload},
+		{"download", "fetch a file from an agent", cmdDownload},
+		{"push", "put a package in an agent's cache", cmdPush},
+		{"deploy", "deploy a package to an agent as a release", cmdDeploy},
+		{"releases", "list an app's releases", cmdReleases},
+		{"rollback", "point an app back at an earlier release", cmdRollback},
+		{"health", "check that the local agent answers", cmdHealth},
+		{"service", "install or uninstall the agent as a systemd service", cmdService},
+		{"audit", "show the audit log", cmdAudit},
+		{"version", "print the version", cmdVersion},
+		{"help", "show help for a command", cmdHelp},
+	}
+}
+
+const usageMain = `tentacle is a listening deployment agent and its client.
+
+Usage:
+  tentacle COMMAND [FLAGS] [ARGS]
+
+Commands:
+%s
+Run "tentacle help COMMAND" or "tentacle COMMAND -h" for a command's flags.
+
+Example:
+  tentacle run                      # start the agent on :10933
+  tentacle trust add 3F2A…9C ci     # trust a server
+  tentacle call -pin 5B01…9A agent.example:10933 ping
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is the whole program; main only exits with its code so that defers
+// run first. Tests drive the CLI through it.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		printMainUsage(stderr)
+		return 2
+	}
+	name := strings.TrimLeft(args[0], "-")
+	if name == "h" || name == "help" && len(args) == 1 {
+		printMainUsage(stdout)
+		return 0
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "tentacle: unknown command %q\n\n", args[0])
+	printMainUsage(stderr)
+	return 2
+}
+
+func printMainUsage(w io.Writer) {
+	var b strings.Builder
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %-16s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, usageMain, b.String())
+}
+
+func cmdHelp(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		printMainUsage(stdout)
+		return 0
+	}
+	for _, c := range commands {
+		if c.name == args[0] && c.name != "help" {
+			return c.run([]string{"-h"}, stdout, stdout)
+		}
+	}
+	fmt.Fprintf(stderr, "tentacle help: unknown command %q\n", args[0])
+	return 2
+}
+
+// newFlagSet makes a subcommand's FlagSet whose usage is the hand-written
+// text followed by the flags.
+func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tentacle "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), strings.TrimLeft(usage, "\n"))
+		fmt.Fprintln(fs.Output(), "\nFlags:")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and checks the positional count in [min, max]
+// (max < 0: no upper bound). A flag-like word among the positionals is a
+// usage error: Go's flag package stops at the first positional, so
+// "trust add X -home H" would otherwise take "-home" as a name. Words after
+// a "--" are not checked. ok false means: return code.
+func parseFlags(fs *flag.FlagSet, args []string, min, max int) (rest []string, code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, 0, false
+		}
+		return nil, 2, false // the flag package has printed the error and usage
+	}
+	rest = fs.Args()
+	dashdash := len(rest)
+	for i, a := range args {
+		if a == "--" && len(args)-i-1 <= len(rest) {
+			dashdash = len(rest) - (len(args) - i - 1)
+			break
+		}
+	}
+	for _, a := range rest[:dashdash] {
+		if len(a) > 1 && a[0] == '-' {
+			return usageError(fs, "flag %q after the arguments: flags come first (%s [FLAGS] ARGS)", a, fs.Name())
+		}
+	}
+	if len(rest) < min || (max >= 0 && len(rest) > max) {
+		return usageError(fs, "wrong number of arguments")
+	}
+	return rest, 0, true
+}
+
+// usageError prints msg and a hint to stderr; the caller exits 2.
+func usageError(fs *flag.FlagSet, format string, args ...any) ([]string, int, bool) {
+	fmt.Fprintf(fs.Output(), "%s: %s\nRun \"%s -h\" for usage.\n", fs.Name(), fmt.Sprintf(format, args...), fs.Name())
+	return nil, 2, false
+}
+
+const usageRun = `
+Usage:
+  tentacle run [-home DIR] [-listen ADDR] [FLAGS]
+
+Runs the agent. On first start in an empty home it creates the identity and
+prints its thumbprint and how to trust a server. Stops gracefully on SIGINT or
+SIGTERM.
+
+Example:
+  tentacle run -home /var/lib/tentacle -listen :10933
+`
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("run", usageRun, stderr)
+	cfg := runFlags(fs)
+	if _, code, ok := parseFlags(fs, args, 0, 0); !ok {
+		return code
+	}
+	if err := cfg.check(); err != nil {
+		fmt.Fprintf(stderr, "tentacle run: %v\n", err)
+		return 2
+	}
+	if err := runAgent(cfg, stderr, nil); err != nil {
+		fmt.Fprintf(stderr, "tentacle run: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+const usageNewCertificate = `
+Usage:
+  tentacle new-certificate [-home DIR] [-force]
+
+Makes the identity: an ECDSA P-256 key (<home>/tentacle.key, 0600) and a
+self-signed certificate (<home>/tentacle.crt), and prints the thumbprint.
+Refuses to replace an existing identity without -force.
+
+Example:
+  tentacle new-certificate -home /var/lib/tentacle
+`
+
+func cmdNewCertificate(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("new-certificate", usageNewCertificate, stderr)
+	home := homeFlag(fs)
+	force := fs.Bool("force", false, "replace an existing identity")
+	if _, code, ok := parseFlags(fs, args, 0, 0); !ok {
+		return code
+	}
+	cfg := &config{Home: *home}
+	if _, err := os.Stat(cfg.keyPath()); err == nil && !*force {
+		fmt.Fprintf(stderr, "tentacle new-certificate: identity %q exists: add -force to replace it (every server pinning it must then be told the new thumbprint)\n", cfg.keyPath())
+		return 1
+	}
+	if err := os.MkdirAll(cfg.Home, 0o700); err != nil {
+		fmt.Fprintf(stderr, "tentacle new-certificate: %v\n", err)
+		return 1
+	}
+	id, err := newIdentity(cfg.keyPath(), cfg.certPath())
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle new-certificate: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "created identity %q\n", cfg.certPath())
+	fmt.Fprintln(stdout, id.thumbprint)
+	return 0
+}
+
+const usageShowThumbprint = `
+Usage:
+  tentacle show-thumbprint [-home DIR]
+
+Prints the thumbprint of the identity in home, alone on one line: the value a
+server pins, or that an agent trusts. Creates the identity if there is none.
+
+Example:
+  tentacle show-thumbprint -home /var/lib/tentacle
+`
+
+func cmdShowThumbprint(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("show-thumbprint", usageShowThumbprint, stderr)
+	home := homeFlag(fs)
+	if _, code, ok := parseFlags(fs, args, 0, 0); !ok {
+		return code
+	}
+	id, err := ensureIdentity(&config{Home: *home}, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle show-thumbprint: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, id.thumbprint)
+	return 0
+}
+
+// ensureIdentity loads the identity in cfg's home, creating home and identity
+// when there is none, and says so on w.
+func ensureIdentity(cfg *config, w io.Writer) (*identity, error) {
+	if _, err := os.Stat(cfg.keyPath()); errors.Is(err, os.ErrNotExist) && cfg.KeyFile == "" {
+		if err := os.MkdirAll(cfg.Home, 0o700); err != nil {
+			return nil, err
+		}
+		id, err := newIdentity(cfg.keyPath(), cfg.certPath())
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(w, "created identity %q with thumbprint %s\n", cfg.certPath(), id.thumbprint)
+		return id, nil
+	}
+	return loadIdentity(cfg.keyPath(), cfg.certPath())
+}
+
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("version", "\nUsage:\n  tentacle version\n\nPrints the version, Go version, commit and platform.\n\nExample:\n  tentacle version\n", stderr)
+	if _, code, ok := parseFlags(fs, args, 0, 0); !ok {
+		return code
+	}
+	fmt.Fprintf(stdout, "tentacle %s (%s, commit %s, %s/%s)\n", versionString(), runtime.Version(), commitString(), runtime.GOOS, runtime.GOARCH)
+	return 0
+}
+
+// versionString is the -X version, else the module version, else "devel".
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+// commitString is the VCS revision Go stamped into the build, if any.
+func commitString() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	rev, dirty := "unknown", ""
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	return rev + dirty
+}

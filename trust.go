@@ -1,0 +1,671 @@
+package main
+
+// trust.go: the agent's identity, thumbprints, and the trust list
+// (PROTOCOL §1–2).
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Method groups a trust entry may be narrowed to with allow= (PROTOCOL §2).
+var methodGroups = []string{"read", "script", "file", "deploy"}
+
+const (
+	maxTrustLine = 8 << 10  // PROTOCOL §2
+	maxTrustFile = 16 << 20 // a trust list is small; never read a huge file into memory
+)
+
+// thumbprint is SHA-256 over the leaf certificate's DER SubjectPublicKeyInfo,
+// in uppercase hex: pinning the key lets a certificate be renewed on the same
+// key without touching any trust list.
+func thumbprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
+}
+
+// parseThumbprint accepts any case, ':' separators and a "sha256:" prefix,
+// and returns the canonical 64 uppercase hex digits.
+func parseThumbprint(s string) (string, error) {
+	t := strings.TrimSpace(s)
+	if len(t) > 7 && strings.EqualFold(t[:7], "sha256:") {
+		t = t[7:]
+	}
+	t = strings.ReplaceAll(t, ":", "")
+	if len(t) != 64 {
+		return "", fmt.Errorf("thumbprint %q is not 64 hex digits", s)
+	}
+	if _, err := hex.DecodeString(t); err != nil {
+		return "", fmt.Errorf("thumbprint %q is not hex", s)
+	}
+	return strings.ToUpper(t), nil
+}
+
+// identity is the agent's (or client's) key pair and self-signed certificate.
+type identity struct {
+	cert       tls.Certificate
+	thumbprint string
+}
+
+// newIdentity writes a fresh ECDSA P-256 key (0600) and a self-signed
+// certificate (0644). P-256 is what every TLS stack, openssl and PowerShell
+// included, supports, and its handshakes are the fastest in Go.
+func newIdentity(keyPath, certPath string) (*identity, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "tentacle " + host},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().AddDate(100, 0, 0), // dates are not checked; identity is the key
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return nil, fmt.Errorf("failed to write key %q: %v", keyPath, err)
+	}
+	if err := writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return nil, fmt.Errorf("failed to write certificate %q: %v", certPath, err)
+	}
+	return loadIdentity(keyPath, certPath)
+}
+
+// loadIdentity reads a key pair, refusing a private key that group or others
+// can read (OpenSSH's StrictModes).
+func loadIdentity(keyPath, certPath string) (*identity, error) {
+	if err := checkPrivate(keyPath); err != nil {
+		return nil, err
+	}
+	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("failed to load identity %q, %q: %v", certPath, keyPath, err)
+	}
+	leaf := pair.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return nil, err
+		}
+		pair.Leaf = leaf
+	}
+	return &identity{cert: pair, thumbprint: thumbprint(leaf)}, nil
+}
+
+// checkPrivate refuses a key file that group or others may read. Windows has
+// no such mode bits; its ACLs are left to the operator.
+func checkPrivate(path string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("private key %q is accessible by group or others (mode %04o): fix it with \"chmod 600 %s\"", path, fi.Mode().Perm(), path)
+	}
+	return nil
+}
+
+// checkNotWritable refuses a trust file that group or others may write: they
+// could trust themselves.
+func checkNotWritable(path string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("trust list %q is writable by group or others (mode %04o), so it trusts nobody: fix it with \"chmod go-w %s\"", path, fi.Mode().Perm(), path)
+	}
+	return nil
+}
+
+// trustEntry is one trusted server: a line of the trust list, a
+// TENTACLE_TRUST thumbprint, or the agent's own key.
+type trustEntry struct {
+	Thumbprint string
+	Name       string
+	From       []netip.Prefix // empty: any source
+	Allow      []string       // groups; "read" is always included
+	Expires    time.Time      // zero: never; else the first instant no longer trusted
+	self       bool           // the agent's own key: read only, not a "trusted server"
+}
+
+// allows reports whether the entry may call a method of one of groups.
+func (e *trustEntry) allows(groups []string) bool {
+	for _, g := range groups {
+		if slices.Contains(e.Allow, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// admits reports why e does not admit a connection from addr at now, or nil.
+func (e *trustEntry) admits(addr netip.Addr, now time.Time) error {
+	if !e.Expires.IsZero() && !now.Before(e.Expires) {
+		return fmt.Errorf("trust entry %q expired on %s", e.Name, e.Expires.Add(-time.Second).Format(time.DateOnly))
+	}
+	if len(e.From) > 0 {
+		a := addr.Unmap()
+		for _, p := range e.From {
+			if p.Contains(a) {
+				return nil
+			}
+		}
+		return fmt.Errorf("trust entry %q does not admit address %s (from=)", e.Name, a)
+	}
+	return nil
+}
+
+// parseTrustLine parses one non-blank, non-comment line of a trust list.
+func parseTrustLine(line string) (*trustEntry, error) {
+	if len(line) > maxTrustLine {
+		return nil, fmt.Errorf("line longer than %d bytes", maxTrustLine)
+	}
+	fields := strings.Fields(line)
+	if len(fields) == 0 {
+		return nil, errors.New("empty entry")
+	}
+	tp, err := parseThumbprint(fields[0])
+	if err != nil {
+		return nil, err
+	}
+	e := &trustEntry{Thumbprint: tp, Allow: methodGroups}
+	seen := map[string]bool{}
+	i := 1
+	for ; i < len(fields); i++ {
+		key, val, ok := strings.Cut(fields[i], "=")
+		if !ok {
+			break // the free name starts here
+		}
+		if seen[key] {
+			return nil, fmt.Errorf("option %q given twice", key)
+		}
+		seen[key] = true
+		switch key {
+		case "from":
+			e.From = nil
+			for c := range strings.SplitSeq(val, ",") {
+				p, err := netip.ParsePrefix(c)
+				if err != nil {
+					a, aerr := netip.ParseAddr(c)
+					if aerr != nil {
+						return nil, fmt.Errorf("from=%q: %q is not a CIDR", val, c)
+					}
+					p = netip.PrefixFrom(a, a.BitLen())
+				}
+				e.From = append(e.From, p.Masked())
+			}
+		case "allow":
+			e.Allow = []string{"read"}
+			for g := range strings.SplitSeq(val, ",") {
+				if !slices.Contains(methodGroups, g) {
+					return nil, fmt.Errorf("allow=%q: unknown group %q (want %s)", val, g, strings.Join(methodGroups, ","))
+				}
+				if !slices.Contains(e.Allow, g) {
+					e.Allow = append(e.Allow, g)
+				}
+			}
+		case "expires":
+			d, err := time.Parse(time.DateOnly, val)
+			if err != nil {
+				return nil, fmt.Errorf("expires=%q is not YYYY-MM-DD", val)
+			}
+			e.Expires = d.AddDate(0, 0, 1) // trusted until the end of that day, UTC
+		default:
+			return nil, fmt.Errorf("unknown option %q", key)
+		}
+	}
+	e.Name = strings.Join(fields[i:], " ")
+	return e, nil
+}
+
+// trustList is one parse of the trust sources. Problems lists malformed
+// lines and unusable files, each a message naming file and line.
+type trustList struct {
+	entries  map[string]*trustEntry // by thumbprint; a later line for the same key wins
+	servers  int                    // entries that are not the agent's own key
+	problems []string
+}
+
+// readTrustFile parses a trust file. A missing file is an empty list; an
+// unreadable or unsafe one trusts nobody and is reported.
+func readTrustFile(path string, into *trustList) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		into.problems = append(into.problems, fmt.Sprintf("failed to read trust list %q, so it trusts nobody: %v", path, err))
+		return
+	}
+	defer f.Close()
+	if err := checkNotWritable(path); err != nil {
+		into.problems = append(into.problems, err.Error())
+		return
+	}
+	parsed, problems, err := parseTrustFile(io.LimitReader(f, maxTrustFile+1), path)
+	if err != nil {
+		into.problems = append(into.problems, fmt.Sprintf("failed to read trust list %q, so it trusts nobody: %v", path, err))
+		return
+	}
+	into.problems = append(into.problems, problems...)
+	for _, e := range parsed {
+		into.add(e)
+	}
+}
+
+// parseTrustFile parses trust lines from r. Malformed lines are reported,
+// trust nobody, and do not stop the others (PROTOCOL §2).
+func parseTrustFile(r io.Reader, name string) (entries []*trustEntry, problems []string, err error) {
+	br := bufio.NewReaderSize(r, 4096)
+	for n := 1; ; n++ {
+		line, err := readLine(br, maxTrustLine)
+		if err == errLineTooLong {
+			problems = append(problems, fmt.Sprintf("%q: malformed trust entry at line %d: longer than %d bytes", name, n, maxTrustLine))
+			if err = skipLine(br); err == nil {
+				continue
+			}
+		}
+		eof := err == io.EOF
+		if err != nil && !eof {
+			return nil, nil, err
+		}
+		if text := strings.TrimSpace(string(line)); text != "" && text[0] != '#' {
+			e, perr := parseTrustLine(text)
+			if perr != nil {
+				problems = append(problems, fmt.Sprintf("%q: malformed trust entry at line %d: %v", name, n, perr))
+			} else {
+				entries = append(entries, e)
+			}
+		}
+		if eof {
+			return entries, problems, nil
+		}
+	}
+}
+
+func (l *trustList) add(e *trustEntry) {
+	if l.entries == nil {
+		l.entries = map[string]*trustEntry{}
+	}
+	if old, ok := l.entries[e.Thumbprint]; ok && !old.self {
+		l.servers--
+	}
+	l.entries[e.Thumbprint] = e
+	if !e.self {
+		l.servers++
+	}
+}
+
+// parseTrustEnv parses TENTACLE_TRUST: thumbprints separated by commas or
+// white space, each trusted for everything.
+func parseTrustEnv(v string) (entries []*trustEntry, err error) {
+	for f := range strings.FieldsFuncSeq(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r' }) {
+		tp, err := parseThumbprint(f)
+		if err != nil {
+			return nil, fmt.Errorf("TENTACLE_TRUST: %v", err)
+		}
+		entries = append(entries, &trustEntry{Thumbprint: tp, Name: "TENTACLE_TRUST", Allow: methodGroups})
+	}
+	return entries, nil
+}
+
+// fileStamp tells whether a file changed since it was last read. os.Stat
+// follows symlinks, so a Kubernetes ConfigMap's symlink swap is seen too.
+type fileStamp struct {
+	fi  fs.FileInfo
+	err error
+}
+
+func (a fileStamp) same(b fileStamp) bool {
+	if a.fi == nil || b.fi == nil {
+		return a.fi == nil && b.fi == nil && errors.Is(a.err, fs.ErrNotExist) == errors.Is(b.err, fs.ErrNotExist)
+	}
+	return os.SameFile(a.fi, b.fi) && a.fi.Size() == b.fi.Size() && a.fi.ModTime().Equal(b.fi.ModTime()) && a.fi.Mode() == b.fi.Mode()
+}
+
+// trustStore is the live trust decision: the file, re-read whenever it
+// changes, plus the environment's entries and the agent's own key.
+type trustStore struct {
+	path   string
+	self   *trustEntry   // the agent's own key; a file line for it wins
+	env    []*trustEntry // TENTACLE_TRUST; wins over a file line
+	logger func(problems []string, servers int)
+
+	mu    sync.Mutex // guards list and stamp; a reload swaps both
+	list  *trustList
+	stamp fileStamp
+}
+
+// newTrustStore reads the trust sources once; onReload is told about every
+// (re)load so the agent can log problems.
+func newTrustStore(path string, self *trustEntry, env []*trustEntry, onReload func(problems []string, servers int)) *trustStore {
+	s := &trustStore{path: path, self: self, env: env, logger: onReload}
+	s.current()
+	return s
+}
+
+// current returns the list as the file is now, re-reading it if its stat
+// changed. A stat per call is cheap (about a microsecond) and makes
+// revocation take effect on the very next request.
+func (s *trustStore) current() *trustList {
+	fi, err := os.Stat(s.path)
+	st := fileStamp{fi, err}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.list != nil && s.stamp.same(st) {
+		return s.list
+	}
+	l := &trustList{}
+	if s.self != nil {
+		l.add(s.self)
+	}
+	readTrustFile(s.path, l)
+	for _, e := range s.env {
+		l.add(e)
+	}
+	s.list, s.stamp = l, st
+	if s.logger != nil {
+		s.logger(l.problems, l.servers)
+	}
+	return l
+}
+
+// lookup returns the entry admitting thumbprint tp from addr now, or an error
+// a log line can quote.
+func (s *trustStore) lookup(tp string, addr net.Addr, now time.Time) (*trustEntry, error) {
+	e := s.current().entries[tp]
+	if e == nil {
+		return nil, fmt.Errorf("thumbprint %s is not trusted", tp)
+	}
+	var ip netip.Addr
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		ip, _ = netip.AddrFromSlice(ta.IP)
+	}
+	if err := e.admits(ip, now); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+const usageTrust = `
+Usage:
+  tentacle trust add [-home DIR] [-from CIDRS] [-allow GROUPS] [-expires DATE] THUMBPRINT|CERT.pem [NAME...]
+  tentacle trust remove [-home DIR] THUMBPRINT|NAME
+  tentacle trust list [-home DIR]
+
+Edits the trust list <home>/trusted_servers: the servers (clients) whose key
+this agent accepts. Changes take effect at once, without a restart; removing
+an entry also cuts that server's open connections at their next request.
+add takes a thumbprint (64 hex digits, any case, ':' allowed) or a PEM
+certificate file; adding a thumbprint that is already there replaces its line.
+Comments and other lines are kept as they are.
+
+Example:
+  tentacle trust add 3F2A…9C build-server-1
+  tentacle trust add -from 10.1.0.0/16 -allow read,deploy -expires 2027-06-30 server.pem release pipeline
+  tentacle trust remove build-server-1
+`
+
+func cmdTrust(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "add" && args[0] != "remove" && args[0] != "list") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			fmt.Fprint(stdout, strings.TrimLeft(usageTrust, "\n"))
+			return 0
+		}
+		fmt.Fprint(stderr, strings.TrimLeft(usageTrust, "\n"))
+		return 2
+	}
+	sub := args[0]
+	fs := newFlagSet("trust "+sub, usageTrust, stderr)
+	home := homeFlag(fs)
+	var from, allow, expires *string
+	min, max := 0, 0
+	switch sub {
+	case "add":
+		from = fs.String("from", "", "only from these `CIDRs` (comma-separated)")
+		allow = fs.String("allow", "", "only these method `groups`: read, script, file, deploy (comma-separated)")
+		expires = fs.String("expires", "", "trusted until the end of this `date` (YYYY-MM-DD, UTC)")
+		min, max = 1, -1
+	case "remove":
+		min, max = 1, 1
+	}
+	rest, code, ok := parseFlags(fs, args[1:], min, max)
+	if !ok {
+		return code
+	}
+	path := homeTrustPath(*home)
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	var err error
+	switch sub {
+	case "list":
+		err = listTrust(path, stdout, stderr)
+	case "add":
+		err = addTrust(path, rest[0], strings.Join(rest[1:], " "), *from, *allow, *expires, stderr)
+	case "remove":
+		err = removeTrust(path, rest[0], stderr)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle trust %s: %v\n", sub, err)
+		return 1
+	}
+	return 0
+}
+
+// readTrustLines returns the trust file's lines, as they are (no file: none).
+func readTrustLines(path string) ([]string, os.FileMode, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0o644, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	text := strings.TrimSuffix(string(data), "\n")
+	if text == "" {
+		return nil, fi.Mode().Perm() &^ 0o022, nil
+	}
+	return strings.Split(text, "\n"), fi.Mode().Perm() &^ 0o022, nil
+}
+
+// writeTrustLines rewrites the trust file atomically.
+func writeTrustLines(path string, lines []string, perm os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	var b bytes.Buffer
+	for _, l := range lines {
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	return writeFileAtomic(path, b.Bytes(), perm)
+}
+
+// lineThumbprint returns the thumbprint a trust line starts with, if any.
+func lineThumbprint(line string) string {
+	f := strings.Fields(line)
+	if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+		return ""
+	}
+	tp, _ := parseThumbprint(f[0])
+	return tp
+}
+
+// thumbprintArg reads a thumbprint, or a PEM certificate file's.
+func thumbprintArg(arg string) (string, error) {
+	tp, err := parseThumbprint(arg)
+	if err == nil {
+		return tp, nil
+	}
+	data, ferr := os.ReadFile(arg)
+	if ferr != nil {
+		return "", fmt.Errorf("%q is neither a thumbprint (64 hex digits) nor a readable certificate file", arg)
+	}
+	for block, rest := pem.Decode(data); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type == "CERTIFICATE" {
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				return "", fmt.Errorf("%q: %v", arg, err)
+			}
+			return thumbprint(cert), nil
+		}
+	}
+	return "", fmt.Errorf("%q holds no PEM certificate", arg)
+}
+
+func addTrust(path, arg, name, from, allow, expires string, w io.Writer) error {
+	tp, err := thumbprintArg(arg)
+	if err != nil {
+		return err
+	}
+	fields := []string{tp}
+	for _, o := range [][2]string{{"from", from}, {"allow", allow}, {"expires", expires}} {
+		if o[1] != "" {
+			fields = append(fields, o[0]+"="+o[1])
+		}
+	}
+	if strings.ContainsAny(name, "\n\r") {
+		return errors.New("the name must be on one line")
+	}
+	if name != "" {
+		fields = append(fields, name)
+	}
+	line := strings.Join(fields, " ")
+	if _, err := parseTrustLine(line); err != nil {
+		return err
+	}
+	lines, perm, err := readTrustLines(path)
+	if err != nil {
+		return err
+	}
+	verb := "added"
+	replaced := false
+	for i, l := range lines {
+		if lineThumbprint(l) == tp {
+			if !replaced {
+				lines[i], replaced, verb = line, true, "updated"
+			} else {
+				lines[i] = "# replaced: " + l
+			}
+		}
+	}
+	if !replaced {
+		lines = append(lines, line)
+	}
+	if err := writeTrustLines(path, lines, perm); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s %s in %q\n", verb, line, path)
+	return nil
+}
+
+func removeTrust(path, arg string, w io.Writer) error {
+	lines, perm, err := readTrustLines(path)
+	if err != nil {
+		return err
+	}
+	tp, _ := parseThumbprint(arg)
+	var kept []string
+	removed := 0
+	for _, l := range lines {
+		e, perr := parseTrustLine(strings.TrimSpace(l))
+		if perr == nil && (e.Thumbprint == tp || e.Name == arg) || tp != "" && lineThumbprint(l) == tp {
+			removed++
+			fmt.Fprintf(w, "removed %s\n", strings.TrimSpace(l))
+			continue
+		}
+		kept = append(kept, l)
+	}
+	if removed == 0 {
+		return fmt.Errorf("no entry with thumbprint or name %q in %q", arg, path)
+	}
+	return writeTrustLines(path, kept, perm)
+}
+
+func listTrust(path string, stdout, stderr io.Writer) error {
+	l := &trustList{}
+	readTrustFile(path, l)
+	env, err := parseTrustEnv(os.Getenv("TENTACLE_TRUST"))
+	if err != nil {
+		return err
+	}
+	for _, e := range env {
+		l.add(e)
+	}
+	for _, p := range l.problems {
+		fmt.Fprintln(stderr, p)
+	}
+	keys := slices.Sorted(maps.Keys(l.entries))
+	for _, k := range keys {
+		e := l.entries[k]
+		var opts []string
+		if len(e.From) > 0 {
+			var cs []string
+			for _, p := range e.From {
+				cs = append(cs, p.String())
+			}
+			opts = append(opts, "from="+strings.Join(cs, ","))
+		}
+		if len(e.Allow) < len(methodGroups) {
+			opts = append(opts, "allow="+strings.Join(e.Allow, ","))
+		}
+		if !e.Expires.IsZero() {
+			opts = append(opts, "expires="+e.Expires.AddDate(0, 0, -1).Format(time.DateOnly))
+		}
+		fmt.Fprintf(stdout, "%s  %s  %s\n", e.Thumbprint, strings.Join(opts, " "), e.Name)
+	}
+	if len(keys) == 0 {
+		fmt.Fprintf(stderr, "no trusted servers in %q: add one with \"tentacle trust add THUMBPRINT\"\n", path)
+	}
+	return nil
+}
