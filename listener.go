@@ -24,7 +24,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 )
 
 // Error kinds and their JSON-RPC codes (PROTOCOL §4).
@@ -237,6 +236,8 @@ type conn struct {
 	tc   *tls.Conn
 	peer *peer
 
+	done requestDone // the last request, for its log line
+
 	mu   sync.Mutex // guards idle
 	idle bool       // waiting for a request: safe to close at shutdown
 }
@@ -445,8 +446,12 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 	return d.c.Read(p)
 }
 
-// errLineTooLong is returned by readLine for a line over its cap.
-var errLineTooLong = errors.New("line too long")
+// errLineTooLong is returned by readLine for a line over its cap whose end
+// has not been read; errLineTooLongWhole for one read to its end.
+var (
+	errLineTooLong      = errors.New("line too long")
+	errLineTooLongWhole = fmt.Errorf("%w (read to its end)", errLineTooLong)
+)
 
 // readLine reads one line, without "\n" and a "\r" before it, buffering at
 // most about max bytes (plus the reader's own buffer): past that it stops
@@ -468,7 +473,7 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 		}
 		line = bytes.TrimSuffix(line, []byte("\r"))
 		if len(line) > max {
-			return nil, errLineTooLong
+			return nil, errLineTooLongWhole
 		}
 		return line, err
 	}
@@ -482,137 +487,6 @@ func skipLine(br *bufio.Reader) error {
 			return err
 		}
 	}
-}
-
-// request is a decoded envelope.
-type request struct {
-	id     json.RawMessage // nil for a notification
-	method string
-	params json.RawMessage
-}
-
-// response is the envelope written back.
-type response struct {
-	JSONRPC string          `json:"jsonrpc"`
-	ID      json.RawMessage `json:"id"`
-	Result  any             `json:"result,omitempty"`
-	Error   *rpcError       `json:"error,omitempty"`
-}
-
-var nullID = json.RawMessage("null")
-
-// parseRequest checks one line against PROTOCOL §3. On error it returns the
-// id when it could be read (else nil), so the answer can carry it.
-func parseRequest(line []byte) (*request, error) {
-	if !utf8.Valid(line) {
-		return nil, errorf(kindParse, "the line is not valid UTF-8")
-	}
-	trimmed := bytes.TrimLeft(line, " \t\r")
-	if len(trimmed) > 0 && trimmed[0] == '[' {
-		return nil, errorf(kindInvalidRequest, "batches are not supported: send one request object per line")
-	}
-	if err := checkJSON(line); err != nil {
-		return nil, err
-	}
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return nil, errorf(kindInvalidRequest, "a request must be a JSON object")
-	}
-	var env map[string]json.RawMessage
-	if err := json.Unmarshal(line, &env); err != nil {
-		return nil, errorf(kindParse, "%v", err)
-	}
-	req := &request{}
-	// Read the id first so every later error can carry it.
-	if id, ok := env["id"]; ok {
-		if len(id) == 0 || (id[0] != '"' && id[0] != '-' && (id[0] < '0' || id[0] > '9')) {
-			return nil, errorf(kindInvalidRequest, "id must be a string or a number")
-		}
-		req.id = id
-	}
-	fail := func(kind, format string, args ...any) (*request, error) {
-		return req, errorf(kind, format, args...)
-	}
-	for k := range env {
-		switch k {
-		case "jsonrpc", "id", "method", "params":
-		default:
-			return fail(kindInvalidRequest, "unknown member %q in the request (members are jsonrpc, id, method, params)", k)
-		}
-	}
-	if v, ok := env["jsonrpc"]; ok && string(v) != `"2.0"` {
-		return fail(kindInvalidRequest, `jsonrpc must be "2.0"`)
-	}
-	m, ok := env["method"]
-	if !ok {
-		return fail(kindInvalidRequest, "the request has no method")
-	}
-	if err := json.Unmarshal(m, &req.method); err != nil {
-		return fail(kindInvalidRequest, "method must be a string")
-	}
-	if p, ok := env["params"]; ok {
-		if p[0] != '{' {
-			return fail(kindInvalidParams, "params must be an object")
-		}
-		req.params = p
-	}
-	return req, nil
-}
-
-// maxDepth bounds nesting in a request; real requests nest two or three
-// levels, and the check below recurses.
-const maxDepth = 64
-
-// checkJSON checks that line holds exactly one JSON value, with white space
-// only after it, and no duplicate key in any object.
-func checkJSON(line []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.UseNumber()
-	if err := checkValue(dec, 0); err != nil {
-		return err
-	}
-	if rest := line[dec.InputOffset():]; len(bytes.TrimSpace(rest)) > 0 {
-		return errorf(kindParse, "unexpected data after the JSON object")
-	}
-	return nil
-}
-
-// checkValue reads one JSON value from dec, refusing duplicate keys.
-func checkValue(dec *json.Decoder, depth int) error {
-	if depth > maxDepth {
-		return errorf(kindInvalidRequest, "the request nests deeper than %d levels", maxDepth)
-	}
-	tok, err := dec.Token()
-	if err != nil {
-		return errorf(kindParse, "the line is not JSON: %v", err)
-	}
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return nil
-	}
-	var keys map[string]struct{}
-	for dec.More() {
-		if d == '{' {
-			k, err := dec.Token()
-			if err != nil {
-				return errorf(kindParse, "the line is not JSON: %v", err)
-			}
-			key, _ := k.(string)
-			if keys == nil {
-				keys = map[string]struct{}{}
-			}
-			if _, dup := keys[key]; dup {
-				return errorf(kindInvalidRequest, "duplicate key %q", key)
-			}
-			keys[key] = struct{}{}
-		}
-		if err := checkValue(dec, depth+1); err != nil {
-			return err
-		}
-	}
-	if _, err := dec.Token(); err != nil { // the closing delimiter
-		return errorf(kindParse, "the line is not JSON: %v", err)
-	}
-	return nil
 }
 
 // commandLoop answers requests in order until the connection ends. It
@@ -631,7 +505,7 @@ func (s *server) commandLoop(c *conn) (int, error) {
 		dr.timeout = s.cfg.Limits.IdleTimeout
 		line, err := readLine(br, int(s.cfg.Limits.MaxLine))
 		s.setIdle(c, false)
-		if err == errLineTooLong {
+		if errors.Is(err, errLineTooLong) {
 			s.writeResponse(bw, enc, &response{ID: nullID, Error: errorf(kindTooLarge, "request line longer than %d bytes", s.cfg.Limits.MaxLine)})
 			bw.Flush()
 			return n, err
@@ -651,9 +525,11 @@ func (s *server) commandLoop(c *conn) (int, error) {
 			// Pipelined requests already buffered are answered before the
 			// flush, saving a write per request.
 			if ferr := bw.Flush(); ferr != nil {
+				s.logRequest(c)
 				return n, ferr
 			}
 		}
+		s.logRequest(c)
 		if rerr != nil {
 			return n, rerr
 		}
@@ -703,7 +579,7 @@ func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadl
 		if req == nil || req.method == "" {
 			notify = false // an unreadable request always gets its error
 		}
-		s.logRequest(c, "", start, perr)
+		c.done = requestDone{"", time.Since(start), perr}
 		return false, reply(nil, perr)
 	}
 	m, known := methods[req.method]
@@ -713,7 +589,7 @@ func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadl
 	if known && m.body {
 		size, serr := bodySize(req.params)
 		if serr != nil {
-			s.logRequest(c, req.method, start, serr)
+			c.done = requestDone{req.method, time.Since(start), serr}
 			notify = false
 			return true, reply(nil, errorf(kindInvalidParams, "%v; the connection is closed because its body cannot be found", serr))
 		}
@@ -767,7 +643,7 @@ func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadl
 	if known && m.mutates && s.audit != nil {
 		s.audit.record(cl, start, herr)
 	}
-	s.logRequest(c, req.method, start, herr)
+	c.done = requestDone{req.method, time.Since(start), herr}
 	if werr := reply(result, herr); werr != nil {
 		return true, werr
 	}
@@ -829,8 +705,17 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// logRequest writes the one line per request.
-func (s *server) logRequest(c *conn, method string, start time.Time, err error) {
+// requestDone is what the request log line says of a handled request.
+type requestDone struct {
+	method   string
+	duration time.Duration
+	err      error
+}
+
+// logRequest writes the one line per request. The loop calls it after the
+// answer is sent, so the log write is off the client's round trip.
+func (s *server) logRequest(c *conn) {
+	method, err := c.done.method, c.done.err
 	outcome := "ok"
 	if err != nil {
 		var re *rpcError
@@ -845,7 +730,7 @@ func (s *server) logRequest(c *conn, method string, start time.Time, err error) 
 		name = c.peer.entry.Name
 	}
 	s.log.Info("request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", name,
-		"method", method, "duration", time.Since(start).Round(time.Microsecond), "outcome", outcome)
+		"method", method, "duration", c.done.duration.Round(time.Microsecond), "outcome", outcome)
 }
 
 // shutdown stops accepting, lets requests in flight finish within ctx, then

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // newTestIdentity makes an identity in a fresh folder.
@@ -668,4 +669,71 @@ func TestOpenSSLClient(t *testing.T) {
 			}
 		})
 	}
+}
+
+func FuzzRequestLine(f *testing.F) {
+	for _, s := range []string{
+		`{"id":1,"method":"ping"}`, `{"jsonrpc":"2.0","id":"x","method":"info","params":{}}`,
+		`{"method":"ping"}`, `[1]`, `{"id":1,"id":2}`, `{"id":1,"method":"a","params":{"a":[{"b":1,"b":2}]}}`,
+		"{\"id\":1,\"method\":\"\xff\"}", `{"id":1,"method":"ping"} x`, `{"ID":1}`, `{"id":-1.5e3,"method":"x","params":null}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		req, err := parseRequest(line)
+		// The hand-written scanner agrees with encoding/json on what JSON is.
+		isParseError := err != nil && err.(*rpcError).Kind() == kindParse
+		deep := err != nil && strings.Contains(err.Error(), "nests deeper")
+		if valid := utf8.Valid(line) && json.Valid(line); valid == isParseError && !deep {
+			t.Fatalf("json.Valid = %v but parseRequest says %v for %q", valid, err, line)
+		}
+		if err == nil {
+			var env struct {
+				ID     json.RawMessage `json:"id"`
+				Method string          `json:"method"`
+			}
+			if json.Unmarshal(line, &env) != nil || env.Method != req.method || string(env.ID) != string(req.id) {
+				t.Fatalf("encoding/json reads %+v, parseRequest %+v, from %q", env, req, line)
+			}
+		}
+		if err != nil {
+			re, ok := err.(*rpcError)
+			if !ok || re.Kind() == "" || re.Code == 0 {
+				t.Fatalf("error %v is not a protocol error", err)
+			}
+			if req != nil && req.id != nil && !json.Valid(req.id) {
+				t.Fatalf("error carries an invalid id %q", req.id)
+			}
+			return
+		}
+		if !json.Valid(line) {
+			t.Fatalf("accepted a line that is not JSON: %q", line)
+		}
+		if req.params != nil && req.params[0] != '{' {
+			t.Fatalf("accepted params %q", req.params)
+		}
+		if req.id != nil && req.id[0] != '"' && req.id[0] != '-' && (req.id[0] < '0' || req.id[0] > '9') {
+			t.Fatalf("accepted id %q", req.id)
+		}
+	})
+}
+
+func FuzzReadLine(f *testing.F) {
+	f.Add([]byte("abc\r\ndef\n"), 4)
+	f.Add([]byte(strings.Repeat("x", 100)+"\n"), 16)
+	f.Fuzz(func(t *testing.T, data []byte, max int) {
+		if max < 1 || max > 1<<16 {
+			return
+		}
+		br := bufio.NewReaderSize(strings.NewReader(string(data)), 16)
+		for range len(data) + 1 {
+			line, err := readLine(br, max)
+			if len(line) > max {
+				t.Fatalf("line of %d bytes over cap %d", len(line), max)
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
 }

@@ -7,10 +7,8 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -38,7 +36,7 @@ func (s *syncBuffer) String() string {
 
 // testAgent is an agent running in the test process.
 type testAgent struct {
-	t          *testing.T
+	t          testing.TB
 	cfg        *config
 	srv        *server
 	addr       string
@@ -46,7 +44,8 @@ type testAgent struct {
 	thumbprint string // the agent's
 	clientHome string
 	client     *identity // trusted as "test-client"
-	logs       *syncBuffer
+	logs       *syncBuffer // the agent's log, unless logw is set
+	logw       io.Writer
 	cancel     context.CancelFunc
 	done       chan error
 }
@@ -71,9 +70,16 @@ func testConfig(t testing.TB, home string) *config {
 
 // startAgent starts an agent in a fresh home that trusts a fresh client
 // identity; opts adjust its config first. It is stopped at the test's end.
-func startAgent(t *testing.T, opts ...func(*config)) *testAgent {
+func startAgent(t testing.TB, opts ...func(*config)) *testAgent {
 	t.Helper()
-	a := &testAgent{t: t, home: t.TempDir(), clientHome: t.TempDir()}
+	return startAgentLogging(t, nil, opts...)
+}
+
+// startAgentLogging is startAgent with the agent's log going to logw
+// (nil: to a.logs).
+func startAgentLogging(t testing.TB, logw io.Writer, opts ...func(*config)) *testAgent {
+	t.Helper()
+	a := &testAgent{t: t, home: t.TempDir(), clientHome: t.TempDir(), logw: logw}
 	var err error
 	a.client, err = newIdentity(filepath.Join(a.clientHome, "tentacle.key"), filepath.Join(a.clientHome, "tentacle.crt"))
 	if err != nil {
@@ -103,8 +109,12 @@ func (a *testAgent) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.done, a.logs = cancel, make(chan error, 1), &syncBuffer{}
 	ready := make(chan struct{})
+	var w io.Writer = a.logs
+	if a.logw != nil {
+		w = a.logw
+	}
 	go func() {
-		a.done <- runAgentContext(ctx, a.cfg, a.logs, func(s *server, addr net.Addr) {
+		a.done <- runAgentContext(ctx, a.cfg, w, func(s *server, addr net.Addr) {
 			a.srv, a.addr, a.thumbprint = s, addr.String(), s.id.thumbprint
 			close(ready)
 		})
@@ -205,7 +215,46 @@ func TestPingOverTLS(t *testing.T) {
 	}
 }
 
-// keep imports used while the suite grows.
-var _ = fmt.Sprint
-var _ = io.EOF
-var _ = os.Getenv
+func TestCLIUsage(t *testing.T) {
+	home := t.TempDir()
+	for _, tt := range []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{"no command", nil, 2, "", "Usage:"},
+		{"unknown command", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
+		{"help", []string{"help"}, 0, "Commands:", ""},
+		{"help run", []string{"help", "run"}, 0, "tentacle run [-home DIR]", ""},
+		{"help unknown", []string{"help", "nope"}, 2, "", "unknown command"},
+		{"-h on a subcommand", []string{"call", "-h"}, 0, "", "Example:"},
+		{"two dashes", []string{"show-thumbprint", "--home", home}, 0, "", "created identity"},
+		{"unknown flag", []string{"run", "-nope"}, 2, "", "flag provided but not defined: -nope"},
+		{"extra argument", []string{"run", "now"}, 2, "", "wrong number of arguments"},
+		{"bad log format", []string{"run", "-home", home, "-log-format", "xml"}, 2, "", "-log-format must be text or json"},
+		{"cert without key", []string{"run", "-home", home, "-cert", "x.pem"}, 2, "", "-cert and -key go together"},
+		{"call without pin", []string{"call", "-home", home, "127.0.0.1:1", "ping"}, 1, "", "no pin: pass -pin THUMBPRINT"},
+		{"call with bad params", []string{"call", "-home", home, "-pin", tpA, "127.0.0.1:1", "ping", "{nope"}, 2, "", "is not JSON"},
+		{"call flag after args", []string{"call", "127.0.0.1:1", "ping", "-pin", tpA}, 2, "", `flag "-pin" after the arguments`},
+		{"version", []string{"version"}, 0, "tentacle ", ""},
+		{"new-certificate refuses to overwrite", []string{"new-certificate", "-home", home}, 1, "", "add -force to replace it"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, code := runCLI(tt.args...)
+			if code != tt.code || !strings.Contains(stdout, tt.stdout) || !strings.Contains(stderr, tt.stderr) {
+				t.Fatalf("code %d (want %d)\nstdout %q (want %q)\nstderr %q (want %q)", code, tt.code, stdout, tt.stdout, stderr, tt.stderr)
+			}
+		})
+	}
+	before, _, _ := runCLI("show-thumbprint", "-home", home)
+	out, _, code := runCLI("new-certificate", "-home", home, "-force")
+	if code != 0 || out == before || len(strings.TrimSpace(out)) != 64 {
+		t.Fatalf("new-certificate -force: code %d, thumbprint %q (was %q)", code, out, before)
+	}
+	t.Setenv("TENTACLE_HOME", home)
+	if again, _, _ := runCLI("show-thumbprint"); again != out {
+		t.Fatalf("TENTACLE_HOME not used: %q vs %q", again, out)
+	}
+}

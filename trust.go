@@ -304,8 +304,11 @@ func parseTrustFile(r io.Reader, name string) (entries []*trustEntry, problems [
 	br := bufio.NewReaderSize(r, 4096)
 	for n := 1; ; n++ {
 		line, err := readLine(br, maxTrustLine)
-		if err == errLineTooLong {
+		if errors.Is(err, errLineTooLong) {
 			problems = append(problems, fmt.Sprintf("%q: malformed trust entry at line %d: longer than %d bytes", name, n, maxTrustLine))
+			if err == errLineTooLongWhole {
+				continue
+			}
 			if err = skipLine(br); err == nil {
 				continue
 			}

@@ -1,0 +1,289 @@
+package main
+
+// trust_test.go: thumbprints, the trust list's lines and files, the trust
+// commands, and the identity's file modes.
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+const tpA = "3F2A00000000000000000000000000000000000000000000000000000000009C"
+
+func TestParseThumbprint(t *testing.T) {
+	lower := strings.ToLower(tpA)
+	colons := ""
+	for i := 0; i < 64; i += 2 {
+		if i > 0 {
+			colons += ":"
+		}
+		colons += lower[i : i+2]
+	}
+	for _, tt := range []struct {
+		name, in string
+		ok       bool
+	}{
+		{"upper", tpA, true},
+		{"lower", lower, true},
+		{"colons", colons, true},
+		{"sha256 prefix", "sha256:" + tpA, true},
+		{"SHA256 prefix", "SHA256:" + colons, true},
+		{"short", tpA[:62], false},
+		{"long", tpA + "00", false},
+		{"not hex", "ZZ" + tpA[2:], false},
+		{"empty", "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseThumbprint(tt.in)
+			if (err == nil) != tt.ok || (tt.ok && got != tpA) {
+				t.Fatalf("parseThumbprint(%q) = %q, %v", tt.in, got, err)
+			}
+		})
+	}
+}
+
+func TestParseTrustLine(t *testing.T) {
+	for _, tt := range []struct {
+		name, line string
+		err        string // substring; "" means valid
+		check      func(*trustEntry) bool
+	}{
+		{"bare", tpA, "", func(e *trustEntry) bool { return e.Name == "" && len(e.Allow) == 4 }},
+		{"name", tpA + "  build server 1", "", func(e *trustEntry) bool { return e.Name == "build server 1" }},
+		{"all options", tpA + " from=10.1.0.0/16,::1 allow=deploy,read expires=2027-06-30 release pipeline", "", func(e *trustEntry) bool {
+			return len(e.From) == 2 && strings.Join(e.Allow, ",") == "read,deploy" &&
+				e.Expires.Equal(time.Date(2027, 7, 1, 0, 0, 0, 0, time.UTC)) && e.Name == "release pipeline"
+		}},
+		{"bare address in from", tpA + " from=10.0.0.1 x", "", func(e *trustEntry) bool { return e.From[0].Bits() == 32 }},
+		{"option-like words after the name", tpA + " name with a=b inside", "", func(e *trustEntry) bool { return e.Name == "name with a=b inside" }},
+		{"unknown option", tpA + " colour=blue x", `unknown option "colour"`, nil},
+		{"case-variant option", tpA + " FROM=10.0.0.0/8", `unknown option "FROM"`, nil},
+		{"bad cidr", tpA + " from=10.0.0.0/33", "is not a CIDR", nil},
+		{"unknown group", tpA + " allow=admin", `unknown group "admin"`, nil},
+		{"bad date", tpA + " expires=30/06/2027", "is not YYYY-MM-DD", nil},
+		{"repeated option", tpA + " allow=read allow=file", "given twice", nil},
+		{"bad thumbprint", "3F2A x", "is not 64 hex digits", nil},
+		{"over 8 KiB", tpA + " " + strings.Repeat("n", 8<<10), "longer than", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e, err := parseTrustLine(tt.line)
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("error %v, want %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil || !tt.check(e) {
+				t.Fatalf("entry %+v, %v", e, err)
+			}
+		})
+	}
+}
+
+func TestTrustFileProblems(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "trusted_servers")
+	good := newTestIdentity(t).thumbprint
+	content := "# comment\n\n" + tpA + " colour=blue bad one\n" + good + " good one\n" + strings.Repeat("x", 9000) + "\nnot-a-thumbprint\n"
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := &trustList{}
+	readTrustFile(path, l)
+	if l.entries[good] == nil || l.entries[tpA] != nil || l.servers != 1 {
+		t.Fatalf("entries %v, servers %d", l.entries, l.servers)
+	}
+	want := []string{
+		`"` + path + `": malformed trust entry at line 3: unknown option "colour"`,
+		`"` + path + `": malformed trust entry at line 5: longer than 8192 bytes`,
+		`"` + path + `": malformed trust entry at line 6`,
+	}
+	if len(l.problems) != len(want) {
+		t.Fatalf("problems %q", l.problems)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(l.problems[i], w) {
+			t.Errorf("problem %d = %q, want prefix %q", i, l.problems[i], w)
+		}
+	}
+
+	t.Run("group-writable file trusts nobody", func(t *testing.T) {
+		os.Chmod(path, 0o664)
+		l := &trustList{}
+		readTrustFile(path, l)
+		if len(l.entries) != 0 || len(l.problems) != 1 || !strings.Contains(l.problems[0], "chmod go-w") {
+			t.Fatalf("entries %v, problems %q", l.entries, l.problems)
+		}
+	})
+	t.Run("unreadable file trusts nobody", func(t *testing.T) {
+		os.Remove(path)
+		os.Mkdir(path, 0o755) // a folder where the file should be: reading fails
+		l := &trustList{}
+		readTrustFile(path, l)
+		if len(l.entries) != 0 || len(l.problems) != 1 || !strings.Contains(l.problems[0], "trusts nobody") {
+			t.Fatalf("entries %v, problems %q", l.entries, l.problems)
+		}
+	})
+}
+
+func TestTrustEnvAndSelf(t *testing.T) {
+	envClient := newTestIdentity(t)
+	t.Setenv("TENTACLE_TRUST", "  "+strings.ToLower(envClient.thumbprint)+", "+tpA+"\n")
+	a := startAgent(t)
+	writeTrust(t, a.home, "")
+	if err := pingWorks(a, envClient, nil); err != nil {
+		t.Fatalf("TENTACLE_TRUST client: %v", err)
+	}
+	// The agent's own key may read (health probes) but is not a server.
+	self, err := loadIdentity(filepath.Join(a.home, "tentacle.key"), filepath.Join(a.home, "tentacle.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pingWorks(a, self, nil); err != nil {
+		t.Fatalf("own key cannot ping: %v", err)
+	}
+	e := a.srv.trust.current().entries[self.thumbprint]
+	if e == nil || !e.self || strings.Join(e.Allow, ",") != "read" {
+		t.Fatalf("own entry %+v, want read only", e)
+	}
+	for name, m := range methods {
+		if !e.allows(m.groups) {
+			continue
+		}
+		if len(m.groups) != 1 || m.groups[0] != "read" {
+			t.Errorf("own key may call %s", name)
+		}
+	}
+	if n := a.srv.trust.current().servers; n != 2 {
+		t.Fatalf("trusted servers = %d, want the 2 from TENTACLE_TRUST", n)
+	}
+
+	t.Setenv("TENTACLE_TRUST", "nonsense")
+	home := t.TempDir()
+	_, stderr, code := runCLI("run", "-home", home, "-listen", "127.0.0.1:0")
+	if code != 1 || !strings.Contains(stderr, "TENTACLE_TRUST") {
+		t.Fatalf("bad TENTACLE_TRUST: code %d, stderr %q", code, stderr)
+	}
+}
+
+func TestFirstStartAndEmptyTrust(t *testing.T) {
+	a := startAgent(t)
+	logs := a.logs.String()
+	for _, want := range []string{"created identity", "thumbprint=" + a.thumbprint, "msg=listening"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("first start log lacks %q:\n%s", want, logs)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(a.home, "tentacle.key"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode %v, %v", fi.Mode(), err)
+	}
+	fi, err = os.Stat(filepath.Join(a.home, "tentacle.crt"))
+	if err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("cert mode %v, %v", fi.Mode(), err)
+	}
+
+	empty := startAgent(t, func(c *config) { os.Remove(homeTrustPath(c.Home)) })
+	if logs := empty.logs.String(); !strings.Contains(logs, "no trusted servers: nobody can connect yet") || !strings.Contains(logs, `tentacle trust add THUMBPRINT`) {
+		t.Fatalf("no warning for an empty trust list:\n%s", logs)
+	}
+	if pingWorks(empty, empty.client, nil) == nil {
+		t.Fatal("a client got in with an empty trust list")
+	}
+}
+
+func TestReadableKeyRefused(t *testing.T) {
+	home := t.TempDir()
+	if _, _, code := runCLI("new-certificate", "-home", home); code != 0 {
+		t.Fatal("new-certificate failed")
+	}
+	key := filepath.Join(home, "tentacle.key")
+	os.Chmod(key, 0o644)
+	_, stderr, code := runCLI("run", "-home", home, "-listen", "127.0.0.1:0")
+	if code != 1 || !strings.Contains(stderr, "accessible by group or others") || !strings.Contains(stderr, `chmod 600 `+key) {
+		t.Fatalf("code %d, stderr %q", code, stderr)
+	}
+}
+
+func TestTrustCommands(t *testing.T) {
+	home := t.TempDir()
+	path := homeTrustPath(home)
+	peer := newTestIdentity(t)
+	// A PEM certificate file from a real identity.
+	peerHome := t.TempDir()
+	out, _, code := runCLI("show-thumbprint", "-home", peerHome)
+	if code != 0 {
+		t.Fatal("show-thumbprint failed")
+	}
+	peerTP := strings.TrimSpace(out)
+	if len(peerTP) != 64 || strings.Count(out, "\n") != 1 {
+		t.Fatalf("show-thumbprint printed %q", out)
+	}
+	if err := os.WriteFile(path, []byte("# keep this comment\nsomething odd kept too\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string // substring
+		stderr string // substring
+	}{
+		{"add thumbprint", []string{"add", "-home", home, peer.thumbprint, "build", "server"}, 0, "", "added " + peer.thumbprint + " build server"},
+		{"add certificate file", []string{"add", "-home", home, "-allow", "read,deploy", "-from", "127.0.0.0/8", "-expires", "2999-01-01", filepath.Join(peerHome, "tentacle.crt"), "pipeline"}, 0, "", "added " + peerTP + " from=127.0.0.0/8 allow=read,deploy expires=2999-01-01 pipeline"},
+		{"update existing", []string{"add", "-home", home, strings.ToLower(peer.thumbprint), "renamed"}, 0, "", "updated"},
+		{"bad option value", []string{"add", "-home", home, "-allow", "root", peer.thumbprint}, 1, "", `unknown group "root"`},
+		{"not a thumbprint or file", []string{"add", "-home", home, "nope"}, 1, "", "neither a thumbprint"},
+		{"flag after arguments", []string{"add", peer.thumbprint, "-home", home}, 2, "", `flag "-home" after the arguments`},
+		{"list", []string{"list", "-home", home}, 0, peer.thumbprint + "    renamed", "malformed trust entry at line 2"},
+		{"remove by name", []string{"remove", "-home", home, "pipeline"}, 0, "", "removed " + peerTP},
+		{"remove missing", []string{"remove", "-home", home, "pipeline"}, 1, "", "no entry with thumbprint or name"},
+		{"remove by thumbprint", []string{"remove", "-home", home, peer.thumbprint}, 0, "", "removed"},
+		{"no subcommand", nil, 2, "", "Usage:"},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			stdout, stderr, code := runCLI(append([]string{"trust"}, s.args...)...)
+			if code != s.code || !strings.Contains(stdout, s.stdout) || !strings.Contains(stderr, s.stderr) {
+				t.Fatalf("code %d (want %d)\nstdout %q (want %q)\nstderr %q (want %q)", code, s.code, stdout, s.stdout, stderr, s.stderr)
+			}
+		})
+	}
+	data, _ := os.ReadFile(path)
+	if string(data) != "# keep this comment\nsomething odd kept too\n" {
+		t.Fatalf("trust file after add and remove = %q, want the original lines kept", data)
+	}
+}
+
+func FuzzTrustLine(f *testing.F) {
+	f.Add(tpA + " from=10.1.0.0/16 allow=read,deploy expires=2027-06-30 release pipeline")
+	f.Add(tpA)
+	f.Add("sha256:" + strings.ToLower(tpA) + " allow=")
+	f.Add(tpA + " from=::1,10.0.0.1 x")
+	f.Fuzz(func(t *testing.T, line string) {
+		e, err := parseTrustLine(line)
+		if err != nil {
+			return
+		}
+		if len(e.Thumbprint) != 64 || strings.ToUpper(e.Thumbprint) != e.Thumbprint {
+			t.Fatalf("thumbprint %q from %q", e.Thumbprint, line)
+		}
+		if e.Allow[0] != "read" {
+			t.Fatalf("read not granted: %v", e.Allow)
+		}
+		if utf8.ValidString(line) && strings.ContainsAny(e.Name, "\n") {
+			t.Fatalf("name spans lines: %q", e.Name)
+		}
+		// Reading the same line from a file gives the same entry.
+		entries, problems, ferr := parseTrustFile(strings.NewReader(line+"\n"), "fuzz")
+		if ferr != nil || len(problems) != 0 && !strings.Contains(line, "\n") || len(entries) > 0 && entries[0].Thumbprint != e.Thumbprint {
+			if !strings.ContainsAny(line, "\n\r") && strings.TrimSpace(line) != "" && strings.TrimSpace(line)[0] != '#' {
+				t.Fatalf("file parse of %q: %v %q %v", line, entries, problems, ferr)
+			}
+		}
+	})
+}
