@@ -43,7 +43,7 @@ type testAgent struct {
 	home       string
 	thumbprint string // the agent's
 	clientHome string
-	client     *identity // trusted as "test-client"
+	client     *identity   // trusted as "test-client"
 	logs       *syncBuffer // the agent's log, unless logw is set
 	logw       io.Writer
 	cancel     context.CancelFunc
