@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -736,4 +737,45 @@ func FuzzReadLine(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestInfo(t *testing.T) {
+	a := startAgent(t, func(c *config) { c.LogFormat = "json" })
+	c := a.dial(t)
+	var info struct {
+		Name       string            `json:"name"`
+		Protocol   int               `json:"protocol"`
+		Methods    []string          `json:"methods"`
+		OS         string            `json:"os"`
+		Home       string            `json:"home"`
+		Thumbprint string            `json:"thumbprint"`
+		Client     map[string]string `json:"client"`
+		Shells     []string          `json:"shells"`
+		Limits     map[string]any    `json:"limits"`
+	}
+	if err := c.call("info", map[string]any{}, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Name != "tentacle" || info.Protocol != 1 || info.OS != runtime.GOOS || info.Home != a.home ||
+		info.Thumbprint != a.thumbprint || info.Client["thumbprint"] != a.client.thumbprint || info.Client["name"] != "test-client" ||
+		len(info.Shells) == 0 || info.Limits["max_line"] != float64(1<<20) {
+		t.Fatalf("info = %+v", info)
+	}
+	for _, m := range []string{"info", "ping"} {
+		if !slices.Contains(info.Methods, m) {
+			t.Errorf("methods %v lack %s", info.Methods, m)
+		}
+	}
+	// -log-format json: every line is a JSON object; the request line names
+	// the peer.
+	waitFor(t, "the request log line", 5*time.Second, func() bool { return strings.Contains(a.logs.String(), `"method":"info"`) })
+	for _, l := range strings.Split(strings.TrimSpace(a.logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line %q is not JSON", l)
+		}
+		if m["msg"] == "request" && (m["thumbprint"] != a.client.thumbprint || m["name"] != "test-client" || m["outcome"] != "ok") {
+			t.Fatalf("request log line %q", l)
+		}
+	}
 }
