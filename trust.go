@@ -672,3 +672,12 @@ func listTrust(path string, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
+
+// trustAddCommand is the command that trusts a server in home, as a user
+// would type it.
+func trustAddCommand(home string) string {
+	if home == defaultHome() {
+		return "tentacle trust add THUMBPRINT"
+	}
+	return fmt.Sprintf("tentacle trust add -home %s THUMBPRINT", home)
+}

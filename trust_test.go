@@ -188,7 +188,7 @@ func TestFirstStartAndEmptyTrust(t *testing.T) {
 	}
 
 	empty := startAgent(t, func(c *config) { os.Remove(homeTrustPath(c.Home)) })
-	if logs := empty.logs.String(); !strings.Contains(logs, "no trusted servers: nobody can connect yet") || !strings.Contains(logs, `tentacle trust add THUMBPRINT`) {
+	if logs := empty.logs.String(); !strings.Contains(logs, "no trusted servers: nobody can connect yet") || !strings.Contains(logs, `tentacle trust add -home `+empty.home+` THUMBPRINT`) {
 		t.Fatalf("no warning for an empty trust list:\n%s", logs)
 	}
 	if pingWorks(empty, empty.client, nil) == nil {
