@@ -3,8 +3,9 @@ package main
 // jobs.go: scripts and deploys run as jobs (PROTOCOL §5 "Jobs"). A job is
 // admitted under its named mutex (reader-writer rule), runs its body in its
 // own goroutine, runs processes in their own process groups, and keeps its
-// state and output on disk in <home>/work/<ticket>/.tentacle/, so that it
-// outlives the connection that started it and, once finished, the agent.
+// state (in the journal) and output (in <home>/work/<ticket>/.tentacle/) on
+// disk, so that it outlives the connection that started it and, once
+// finished, the agent (see jobstore.go).
 
 import (
 	"context"
@@ -73,6 +74,9 @@ type jobManager struct {
 	stop chan struct{} // ends the reaper
 	done chan struct{} // closed when the reaper has ended
 
+	journal *jobJournal
+	pool    *dirPool
+
 	mu      sync.Mutex // guards jobs, queue, holds, closing
 	jobs    map[string]*job
 	queue   []*job // waiting for their mutex, in arrival order
@@ -101,7 +105,7 @@ type job struct {
 	meta    string // dir/.tentacle
 	log     *jobLog
 
-	smu sync.Mutex // serialises writes of the state file
+	smu sync.Mutex // serialises writes of the job's state to the journal
 
 	mu       sync.Mutex // guards the fields below
 	ctx      context.Context
@@ -113,12 +117,12 @@ type job struct {
 	started  time.Time
 	finished time.Time
 	result   json.RawMessage
-	pgid     int           // the running process's group, for the state file
+	pgid     int           // the running process's group, for the journal
 	changed  chan struct{} // closed at the next change; made only when someone waits
 	removed  bool          // completed or reaped: its files are gone
 }
 
-// jobState is a job's state file, <work>/.tentacle/job.json.
+// jobState is a job's state as the journal keeps it.
 type jobState struct {
 	Ticket   string          `json:"ticket"`
 	Kind     string          `json:"kind"`
@@ -153,6 +157,7 @@ func newJobManager(cfg *config, log *slog.Logger) (*jobManager, error) {
 	if err := m.loadJobs(); err != nil {
 		return nil, err
 	}
+	m.pool = newDirPool(cfg.workDir(), 4)
 	go m.reaper()
 	return m, nil
 }
@@ -195,17 +200,27 @@ func (m *jobManager) start(spec jobSpec) (*job, error) {
 	j := m.newJob(newTicket(), spec.Kind, spec.Mutex, spec.Full)
 	j.timeout, j.run = spec.Timeout, spec.Run
 	j.state, j.created = stateQueued, time.Now().UTC()
-	if err := os.MkdirAll(j.meta, 0o700); err != nil {
+	m.mu.Lock()
+	closing := m.closing
+	m.mu.Unlock()
+	if closing {
+		return nil, errorf(kindConflict, "the agent is shutting down: start the job again once it is back")
+	}
+	if err := m.pool.take(j.dir); err != nil {
 		return nil, ioError(err)
 	}
 	if err := j.save(); err != nil {
-		os.RemoveAll(j.dir)
+		discardDir(m.cfg.workDir(), j.dir)
 		return nil, ioError(err)
 	}
 	m.mu.Lock()
 	if m.closing {
 		m.mu.Unlock()
-		os.RemoveAll(j.dir)
+		j.mu.Lock()
+		j.removed = true
+		j.mu.Unlock()
+		m.journal.remove(j.id)
+		discardDir(m.cfg.workDir(), j.dir)
 		return nil, errorf(kindConflict, "the agent is shutting down: start the job again once it is back")
 	}
 	m.jobs[j.id] = j
@@ -377,15 +392,16 @@ func (m *jobManager) finish(j *job, err error) {
 // "done" sees them all.
 func (j *job) end(outcome string) {
 	j.log.closeWriter()
+	// Under smu, so that job.complete, which needs the state done, cannot
+	// forget the job between the change and its journal line.
+	j.smu.Lock()
 	j.mu.Lock()
 	j.state, j.outcome, j.finished, j.pgid = stateDone, outcome, time.Now().UTC(), 0
-	removed := j.removed
 	j.mu.Unlock()
-	if !removed {
-		if err := j.save(); err != nil {
-			j.m.log.Error("failed to save job state", "ticket", j.id, "err", err)
-		}
+	if err := j.saveLocked(); err != nil {
+		j.m.log.Error("failed to save job state", "ticket", j.id, "err", err)
 	}
+	j.smu.Unlock()
 	j.notify()
 }
 
@@ -451,14 +467,20 @@ func (j *job) notify() {
 	j.mu.Unlock()
 }
 
-// save writes the state file atomically (temporary file and rename). It
-// does not fsync, because that costs milliseconds on every job start and
-// end: the state is safe against the agent crashing, and after a power
-// loss a job can at worst read as an earlier state or as lost.
+// save writes the job's state to the journal (see jobStore.go).
 func (j *job) save() error {
 	j.smu.Lock()
 	defer j.smu.Unlock()
+	return j.saveLocked()
+}
+
+// saveLocked is save with smu held.
+func (j *job) saveLocked() error {
 	j.mu.Lock()
+	if j.removed {
+		j.mu.Unlock()
+		return nil
+	}
 	st := jobState{
 		Ticket: j.id, Kind: j.kind, Mutex: j.mutex, Full: j.full, State: j.state, Outcome: j.outcome,
 		ExitCode: j.exitCode, Created: j.created, PGID: j.pgid, Result: j.result,
@@ -469,32 +491,8 @@ func (j *job) save() error {
 	if !j.finished.IsZero() {
 		st.Finished = &j.finished
 	}
-	b, err := json.Marshal(st)
 	j.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return writeStateFile(filepath.Join(j.meta, "job.json"), append(b, '\n'))
-}
-
-// writeStateFile replaces path with data through a temporary file and a
-// rename, so a reader sees the old state or the new, never a mix.
-func writeStateFile(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".job.json.tmp*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-	}
-	return err
+	return j.m.journal.put(st)
 }
 
 // runProcess runs argv in its own process group with stdin /dev/null and
@@ -731,10 +729,15 @@ func (m *jobManager) remove(j *job) error {
 	m.mu.Lock()
 	delete(m.jobs, j.id)
 	m.mu.Unlock()
-	err := os.RemoveAll(j.dir)
+	j.smu.Lock()
 	j.mu.Lock()
 	j.removed = true
 	j.mu.Unlock()
+	err := m.journal.remove(j.id)
+	j.smu.Unlock()
+	if derr := discardDir(m.cfg.workDir(), j.dir); err == nil {
+		err = derr
+	}
 	j.notify()
 	return err
 }
@@ -776,6 +779,8 @@ func (m *jobManager) shutdown(ctx context.Context) {
 	}
 	close(m.stop)
 	<-m.done
+	m.pool.close()
+	m.journal.close()
 }
 
 // reaper removes finished jobs nobody completed once JobRetention has
@@ -812,41 +817,32 @@ func (m *jobManager) reap(now time.Time) {
 	}
 }
 
-// loadJobs reads the jobs of an earlier run from the work folder. Finished
+// loadJobs reads the jobs of an earlier run from the journal. Finished
 // jobs stay readable; jobs that were queued or running end as lost, and what
 // is left of a running job's process group is killed when it can be told
-// apart safely (see killLeftovers).
+// apart safely (see killLeftovers). Work directories the journal does not
+// know (the agent stopped while making or removing them) are removed.
 func (m *jobManager) loadJobs() error {
-	ents, err := os.ReadDir(m.cfg.workDir())
+	root := m.cfg.workDir()
+	jr, states, err := openJournal(filepath.Join(root, journalName))
 	if err != nil {
-		return fmt.Errorf("failed to read the work folder %q: %v", m.cfg.workDir(), err)
+		return err
+	}
+	m.journal = jr
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("failed to read the work folder %q: %v", root, err)
 	}
 	for _, e := range ents {
-		if !e.IsDir() || !validTicket(e.Name()) {
-			continue
-		}
-		j := m.newJob(e.Name(), "", "", false)
-		if _, err := os.Stat(j.meta); err != nil {
-			continue // not a job's folder
-		}
-		b, err := os.ReadFile(filepath.Join(j.meta, "job.json"))
-		var st jobState
-		if err == nil {
-			err = json.Unmarshal(b, &st)
-		}
-		if err != nil || st.Ticket != j.id {
-			if errors.Is(err, os.ErrNotExist) {
-				// The agent stopped between creating the folder and its state.
-				os.RemoveAll(j.dir)
-				continue
-			}
-			m.log.Warn("unreadable job state: the job reads as lost", "ticket", j.id, "err", err)
-			st = jobState{Ticket: j.id, Kind: "script", Mutex: "default", State: stateRunning}
-			if fi, err := os.Stat(j.dir); err == nil {
-				st.Created = fi.ModTime().UTC()
+		name := e.Name()
+		if _, known := states[name]; isScratch(name) || (e.IsDir() && validTicket(name) && !known) {
+			if err := os.RemoveAll(filepath.Join(root, name)); err != nil {
+				m.log.Warn("failed to remove a leftover work directory", "path", filepath.Join(root, name), "err", err)
 			}
 		}
-		j.kind, j.mutex, j.full = st.Kind, st.Mutex, st.Full
+	}
+	for id, st := range states {
+		j := m.newJob(id, st.Kind, st.Mutex, st.Full)
 		j.state, j.outcome, j.exitCode, j.created, j.result = st.State, st.Outcome, st.ExitCode, st.Created, st.Result
 		if st.Started != nil {
 			j.started = *st.Started

@@ -677,8 +677,8 @@ func TestJobComplete(t *testing.T) {
 	ticket := startJob(t, c, map[string]any{"script": "echo a; echo b; echo c"})
 	followJob(t, c, ticket)
 	dir := filepath.Join(a.cfg.workDir(), ticket)
-	if _, err := os.Stat(filepath.Join(dir, metaDir, "job.json")); err != nil {
-		t.Fatalf("no state file: %v", err)
+	if _, err := os.Stat(filepath.Join(dir, metaDir, "log.jsonl")); err != nil {
+		t.Fatalf("no log file: %v", err)
 	}
 	var st statusReply
 	if err := c.call("job.complete", map[string]any{"ticket": ticket, "after": 1}, &st); err != nil {
