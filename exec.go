@@ -259,6 +259,9 @@ type follower struct {
 	mu      sync.Mutex // guards cc
 	cc      *clientConn
 	aborted atomic.Bool // a second Ctrl-C: stop waiting
+	// cancelled is closed once the job.cancel sent at the first Ctrl-C has
+	// been answered (or failed).
+	cancelled chan struct{}
 }
 
 func (f *follower) setConn(cc *clientConn) {
@@ -393,6 +396,11 @@ func (f *follower) complete() error {
 // failed reports an error that ended following, and exec's exit code.
 func (f *follower) failed(err error) int {
 	if f.aborted.Load() {
+		// Make sure the cancel went out before leaving.
+		select {
+		case <-f.cancelled:
+		case <-time.After(5 * time.Second):
+		}
 		fmt.Fprintf(f.stderr, "tentacle %s: stopped waiting; job %s may still be running: follow it with \"tentacle job -follow %s %s\"\n", f.cmd, f.ticket, f.addr, f.ticket)
 		f.flush()
 		return exitCancelled
@@ -408,27 +416,34 @@ func (f *follower) failed(err error) int {
 }
 
 // handleInterrupt makes the first Ctrl-C cancel the job (on a connection of
-// its own, since the main one is in a long poll) and the second stop
-// waiting. It returns a function that restores the default.
+// its own, since the main one is in a long poll) and a second one, at least
+// half a second later, stop waiting: some tools deliver one interrupt twice
+// (timeout(1) signals the command and its process group). It returns a
+// function that restores the default.
 func (f *follower) handleInterrupt() func() {
 	sigc := make(chan os.Signal, 2)
 	signal.Notify(sigc, os.Interrupt)
 	stop := make(chan struct{})
+	f.cancelled = make(chan struct{})
 	go func() {
-		n := 0
+		var first time.Time
 		for {
 			select {
 			case <-sigc:
 			case <-stop:
 				return
 			}
-			if n++; n > 1 {
-				f.aborted.Store(true)
-				f.conn().Close()
+			if !first.IsZero() {
+				if time.Since(first) > 500*time.Millisecond {
+					f.aborted.Store(true)
+					f.conn().Close()
+				}
 				continue
 			}
+			first = time.Now()
 			fmt.Fprintf(os.Stderr, "tentacle %s: cancelling job %s (Ctrl-C again to stop waiting)\n", f.cmd, f.ticket)
 			go func() {
+				defer close(f.cancelled)
 				cc, err := f.o.dial(f.addr)
 				if err == nil {
 					err = cc.call("job.cancel", map[string]any{"ticket": f.ticket}, nil)

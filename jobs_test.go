@@ -385,6 +385,30 @@ func TestTimeoutKillsProcessGroup(t *testing.T) {
 	}
 }
 
+// TestBackgroundProcessHoldingOutput: a script that leaves a background
+// process holding its output still ends, drainDelay after it exits.
+func TestBackgroundProcessHoldingOutput(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	c := a.dial(t)
+	start := time.Now()
+	st, logs := runScript(t, c, map[string]any{"script": `sleep 1000 & echo "pid $!"`})
+	pids := pidsIn(t, texts(logs, "stdout"))
+	defer func() {
+		for _, pid := range pids {
+			if p, err := os.FindProcess(pid); err == nil {
+				p.Kill()
+			}
+		}
+	}()
+	if d := time.Since(start); outcomeOf(st) != outcomeSuccess || d < drainDelay || d > drainDelay+5*time.Second {
+		t.Fatalf("outcome %s after %v", outcomeOf(st), d)
+	}
+	if agent := strings.Join(texts(logs, "agent"), "\n"); !strings.Contains(agent, "a background process still holds it open") {
+		t.Fatalf("agent lines: %q", agent)
+	}
+}
+
 func TestCancel(t *testing.T) {
 	needSh(t)
 	a := startAgent(t)
@@ -1272,4 +1296,53 @@ func BenchmarkExec(b *testing.B) {
 	b.ReportMetric(float64(o.Microseconds())/1000, "open-conn-ms")
 	b.Logf("medians of %d: tentacle exec -- true %v, local sh -c true %v, ratio %.1fx (target <= 6x); true on an open connection %v (target < 2ms)",
 		b.N, e.Round(10*time.Microsecond), s.Round(10*time.Microsecond), float64(e)/float64(s), o.Round(10*time.Microsecond))
+}
+
+// BenchmarkJobOutput prints 1 GiB (the issue's figure) through a job and
+// reports the agent's throughput and its heap's growth, beside the time the
+// same output takes to go to /dev/null locally.
+func BenchmarkJobOutput(b *testing.B) {
+	needSh(b)
+	addr, pin, _, client := startBenchAgent(b)
+	c, err := dialAgent(addr, client, pin, "", 10*time.Second, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	const size = 1 << 30
+	script := fmt.Sprintf(`yes 'a line of output, as a build or a test run prints them by the thousand' | head -c %d`, size)
+	for range b.N {
+		start := time.Now()
+		if err := exec.Command("sh", "-c", script+" >/dev/null").Run(); err != nil {
+			b.Fatal(err)
+		}
+		local := time.Since(start)
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		base, peak := ms.HeapAlloc, ms.HeapAlloc
+		start = time.Now()
+		var r struct{ Ticket string }
+		if err := c.call("script.start", map[string]any{"script": script}, &r); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			var st statusReply
+			if err := c.call("job.status", map[string]any{"ticket": r.Ticket, "after": 1 << 40, "wait_ms": 100}, &st); err != nil {
+				b.Fatal(err)
+			}
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+			if st.State == stateDone {
+				break
+			}
+		}
+		took := time.Since(start)
+		c.call("job.complete", map[string]any{"ticket": r.Ticket}, nil)
+		b.ReportMetric(float64(size)/took.Seconds()/(1<<20), "job-MiB/s")
+		b.ReportMetric(float64(size)/local.Seconds()/(1<<20), "devnull-MiB/s")
+		b.ReportMetric(float64(peak-base)/(1<<20), "heap-growth-MiB")
+		b.Logf("1 GiB of output: job %v (%.0f MiB/s), to /dev/null locally %v, ratio %.1fx; agent heap growth %.1f MiB",
+			took.Round(time.Millisecond), float64(size)/took.Seconds()/(1<<20), local.Round(time.Millisecond), float64(took)/float64(local), float64(peak-base)/(1<<20))
+	}
 }
