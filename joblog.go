@@ -426,8 +426,25 @@ func (w *lineWriter) addLine(line []byte) {
 }
 
 func (w *lineWriter) add(text []byte) {
-	w.arena = append(w.arena, text...)
-	w.ends = append(w.ends, len(w.arena))
+	splitText(text, func(piece []byte) {
+		w.arena = append(w.arena, piece...)
+		w.ends = append(w.ends, len(w.arena))
+	})
+}
+
+// splitText passes text to emit in pieces of at most maxLogLine bytes of
+// valid UTF-8: invalid bytes are replaced first (which can make text longer
+// than it was), and pieces end between characters.
+func splitText(text []byte, emit func([]byte)) {
+	if !utf8.Valid(text) {
+		text = bytes.ToValidUTF8(text, []byte("\uFFFD"))
+	}
+	for len(text) > maxLogLine {
+		k := cutUTF8(text, maxLogLine)
+		emit(text[:k])
+		text = text[k:]
+	}
+	emit(text)
 }
 
 // commit appends the collected entries to the log in one write.

@@ -440,13 +440,7 @@ func (j *job) logf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	var texts [][]byte
 	for _, line := range strings.Split(msg, "\n") {
-		b := []byte(line)
-		for len(b) > maxLogLine {
-			k := cutUTF8(b, maxLogLine)
-			texts = append(texts, b[:k])
-			b = b[k:]
-		}
-		texts = append(texts, b)
+		splitText([]byte(line), func(piece []byte) { texts = append(texts, piece) })
 	}
 	j.appendLog("agent", texts)
 }

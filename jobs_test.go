@@ -6,7 +6,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -1207,40 +1206,6 @@ func FuzzLineWriter(f *testing.F) {
 	})
 }
 
-// startBenchAgent runs an agent in-process for a benchmark.
-func startBenchAgent(b *testing.B) (addr, thumbprint, clientHome string, client *identity) {
-	home := b.TempDir()
-	clientHome = b.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	writeTrust(b, home, client.thumbprint+" bench\n")
-	cfg := testConfig(b, home)
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- runAgentContext(ctx, cfg, io.Discard, func(s *server, a net.Addr) {
-			addr, thumbprint = a.String(), s.id.thumbprint
-			close(ready)
-		})
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cancel(); <-done })
-	return addr, thumbprint, clientHome, client
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 // BenchmarkExec times, in one run: "tentacle exec ADDR -- true" as a new
 // process (new connection, handshake, start, wait, complete) beside
 // "sh -c true" run locally, and "true" as script.start, job.status (wait)
@@ -1248,12 +1213,9 @@ func median(ds []time.Duration) time.Duration {
 func BenchmarkExec(b *testing.B) {
 	needSh(b)
 	bin := buildTentacle(b)
-	addr, pin, clientHome, client := startBenchAgent(b)
-	c, err := dialAgent(addr, client, pin, "", 10*time.Second, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	a := benchAgent(b)
+	addr, pin, clientHome := a.addr, a.thumbprint, a.clientHome
+	c := a.dial(b)
 	var execT, shT, openT []time.Duration
 	b.ResetTimer()
 	for range b.N {
@@ -1303,12 +1265,7 @@ func BenchmarkExec(b *testing.B) {
 // same output takes to go to /dev/null locally.
 func BenchmarkJobOutput(b *testing.B) {
 	needSh(b)
-	addr, pin, _, client := startBenchAgent(b)
-	c, err := dialAgent(addr, client, pin, "", 10*time.Second, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := benchAgent(b).dial(b)
 	const size = 1 << 30
 	script := fmt.Sprintf(`yes 'a line of output, as a build or a test run prints them by the thousand' | head -c %d`, size)
 	for range b.N {
