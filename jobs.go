@@ -51,9 +51,9 @@ var (
 // output open. Past it the pipes are closed, so a job always ends.
 const drainDelay = 2 * time.Second
 
-// metaDir is the agent's own folder inside a job's work directory: state,
-// log and script. Hidden, so that a script's "rm -rf *" in its work
-// directory does not take it.
+// metaDir is the agent's own folder inside a job's work directory: log and
+// script. Hidden, so that a script's "rm -rf *" in its work directory does
+// not take it.
 const metaDir = ".tentacle"
 
 // jobSpec describes a job to start.
@@ -461,7 +461,7 @@ func (j *job) notify() {
 	j.mu.Unlock()
 }
 
-// save writes the job's state to the journal (see jobStore.go).
+// save writes the job's state to the journal (see jobstore.go).
 func (j *job) save() error {
 	j.smu.Lock()
 	defer j.smu.Unlock()
@@ -599,7 +599,7 @@ func (j *job) stopGroup(pgid int, done <-chan error) error {
 	return werr
 }
 
-// snapshot is the job's state as job.status shows it, without logs.
+// jobStatus is the answer of job.status, job.cancel and job.complete.
 type jobStatus struct {
 	Ticket   string            `json:"ticket"`
 	Kind     string            `json:"kind"`
