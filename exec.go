@@ -1,0 +1,590 @@
+package main
+
+// exec.go: the client commands for jobs: exec (run a script and stream its
+// output, like "ssh host cmd"), jobs (list) and job (show or follow one).
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+)
+
+// Exit codes of exec (and job -follow) that are not the script's own.
+const (
+	exitTimedOut  = 124 // as timeout(1)
+	exitCancelled = 130 // as a shell reports a command stopped by Ctrl-C
+	exitNoJob     = 255 // as ssh: the job could not be run or followed
+)
+
+// execReconnectFor bounds how long exec and job -follow keep trying to
+// reconnect after the connection drops.
+var execReconnectFor = time.Minute
+
+// followWait is the wait_ms of exec's long polls; the agent clamps it.
+const followWait = 30 * time.Second
+
+const usageExec = `
+Usage:
+  tentacle exec [-home DIR] -pin THUMBPRINT [-proxy URL] [-shell S] [-timeout D]
+                [-isolation none|full] [-mutex M] [-env K=V]... [-cwd DIR]
+                [-file PATH|-] ADDR -- SCRIPT [ARGS...]
+
+Runs SCRIPT (a script's text, run by the shell) on the agent at ADDR as a
+job, streams its stdout to stdout and its stderr to stderr as it runs,
+completes the job and exits with the script's exit code, like
+"ssh host cmd". With -file the script is read from PATH (- for stdin) and
+every word after "--" is an argument ($1, $2, …).
+
+Ctrl-C cancels the job on the agent (its whole process tree is stopped); a
+second Ctrl-C stops waiting and leaves the job to the agent. If the
+connection drops, exec reconnects for up to a minute and carries on after
+the last line it printed: no line is lost or shown twice. The agent's own
+remarks (waiting for a mutex, cancel, timeout) go to stderr after
+"tentacle: ".
+
+Exit codes: the script's own (0-255); 124 the job timed out; 130 it was
+cancelled; 255 the job could not be started or followed (agent
+unreachable, job lost in an agent restart); 2 a usage error.
+
+Example:
+  tentacle exec -pin 5B01…9A web1 -- 'uname -a; df -h /'
+  tentacle exec -pin 5B01…9A web1 -- 'echo "hello $1"' world
+  tentacle exec -pin 5B01…9A -timeout 10m -isolation full web1 -- 'apt-get -y upgrade'
+  tentacle exec -pin 5B01…9A -shell bash -file migrate.sh web1 -- production
+`
+
+// envList is a repeatable -env K=V flag.
+type envList map[string]string
+
+func (e envList) String() string { return "" }
+
+func (e envList) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want NAME=VALUE, not %q", s)
+	}
+	e[k] = v
+	return nil
+}
+
+// splitDashDash splits args at the first "--": the words before are flags
+// and ADDR, the words after are the script and its arguments.
+func splitDashDash(args []string) (before, after []string, found bool) {
+	for i, a := range args {
+		if a == "--" {
+			return args[:i], args[i+1:], true
+		}
+	}
+	return args, nil, false
+}
+
+func cmdExec(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("exec", usageExec, stderr)
+	o := addClientFlags(fs)
+	shell := fs.String("shell", "", "interpreter: sh (default), bash, pwsh, or an absolute `path`")
+	timeout := fs.Duration("timeout", 0, "stop the job after this `duration` (default none)")
+	isolation := fs.String("isolation", "none", "none, or full: run alone within the mutex")
+	mutex := fs.String("mutex", "", "the isolation mutex's `name` (default \"default\")")
+	env := envList{}
+	fs.Var(env, "env", "set `NAME=VALUE` in the script's environment (repeatable)")
+	cwd := fs.String("cwd", "", "run in this absolute `dir`ectory on the agent (default: the job's own fresh work folder)")
+	file := fs.String("file", "", "read the script from `path` (- for stdin)")
+	flagArgs, words, dashed := splitDashDash(args)
+	rest, code, ok := parseFlags(fs, flagArgs, 1, -1)
+	if !ok {
+		return code
+	}
+	if dashed && len(rest) > 1 {
+		_, code, _ := usageError(fs, "%q before \"--\": the script goes after it (ADDR -- SCRIPT)", rest[1])
+		return code
+	}
+	words = append(rest[1:], words...)
+	var script string
+	switch {
+	case *file == "-":
+		b, err := io.ReadAll(os.Stdin)
+		if err != nil {
+			fmt.Fprintf(stderr, "tentacle exec: failed to read the script from stdin: %v\n", err)
+			return 1
+		}
+		script = string(b)
+	case *file != "":
+		b, err := os.ReadFile(*file)
+		if err != nil {
+			fmt.Fprintf(stderr, "tentacle exec: failed to read the script: %v\n", err)
+			return 1
+		}
+		script = string(b)
+	case len(words) == 0:
+		_, code, _ := usageError(fs, "no script: give one after \"--\" (ADDR -- SCRIPT) or with -file")
+		return code
+	default:
+		script, words = words[0], words[1:]
+	}
+	if *isolation != "none" && *isolation != "full" {
+		_, code, _ := usageError(fs, "-isolation must be none or full, not %q", *isolation)
+		return code
+	}
+	if *timeout < 0 {
+		_, code, _ := usageError(fs, "-timeout must not be negative")
+		return code
+	}
+	params := map[string]any{"script": script}
+	if *shell != "" {
+		params["shell"] = *shell
+	}
+	if len(words) > 0 {
+		params["args"] = words
+	}
+	if len(env) > 0 {
+		params["env"] = map[string]string(env)
+	}
+	if *cwd != "" {
+		params["cwd"] = *cwd
+	}
+	if *timeout > 0 {
+		params["timeout_s"] = timeout.Seconds()
+	}
+	if *isolation == "full" {
+		params["isolation"] = "full"
+	}
+	if *mutex != "" {
+		params["mutex"] = *mutex
+	}
+
+	f := &follower{o: o, addr: rest[0], cmd: "exec", stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
+	cc, err := o.dial(f.addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle exec: %v\n", err)
+		return exitNoJob
+	}
+	f.setConn(cc)
+	defer f.close()
+	var started struct {
+		Ticket string `json:"ticket"`
+		State  string `json:"state"`
+	}
+	if err := cc.call("script.start", params, &started); err != nil {
+		clientFailed(stderr, "exec", err)
+		return exitNoJob
+	}
+	f.ticket = started.Ticket
+	stopSignals := f.handleInterrupt()
+	defer stopSignals()
+	st, err := f.follow()
+	if err != nil {
+		f.flush()
+		return f.failed(err)
+	}
+	// Completing only tidies up: the outcome is known. A failure is only
+	// worth a remark (the agent reaps the job after its retention period).
+	if err := f.complete(); err != nil {
+		fmt.Fprintf(f.stderr, "tentacle exec: job %s finished but could not be completed: %v\n", f.ticket, err)
+	}
+	code, msg := jobExitCode(st)
+	if msg != "" {
+		fmt.Fprintf(f.stderr, "tentacle exec: job %s %s\n", f.ticket, msg)
+	}
+	f.flush()
+	return code
+}
+
+// jobExitCode maps a finished job to exec's exit code, and a remark when it
+// did not simply run to its end.
+func jobExitCode(st *statusReply) (int, string) {
+	outcome := ""
+	if st.Outcome != nil {
+		outcome = *st.Outcome
+	}
+	switch outcome {
+	case outcomeSuccess:
+		return 0, ""
+	case outcomeFailed:
+		if st.ExitCode != nil && *st.ExitCode > 0 && *st.ExitCode <= 255 {
+			return *st.ExitCode, ""
+		}
+		return 1, "failed"
+	case outcomeTimedOut:
+		return exitTimedOut, "timed out"
+	case outcomeCancelled:
+		return exitCancelled, "was cancelled"
+	case outcomeLost:
+		return exitNoJob, "was lost: the agent stopped while it ran, so its outcome is unknown"
+	}
+	return exitNoJob, fmt.Sprintf("ended with unknown outcome %q", outcome)
+}
+
+// logEntry is one line of a job's log.
+type logEntry struct {
+	Seq    int64  `json:"seq"`
+	Stream string `json:"stream"`
+	Text   string `json:"text"`
+	Time   string `json:"time"`
+}
+
+// statusReply is job.status's answer.
+type statusReply struct {
+	Ticket   string          `json:"ticket"`
+	Kind     string          `json:"kind"`
+	State    string          `json:"state"`
+	Outcome  *string         `json:"outcome"`
+	ExitCode *int            `json:"exit_code"`
+	Started  *string         `json:"started"`
+	Finished *string         `json:"finished"`
+	Logs     []logEntry      `json:"logs"`
+	Next     int64           `json:"next"`
+	Result   json.RawMessage `json:"result"`
+}
+
+// follower streams one job's log to stdout and stderr, reconnecting when
+// the connection drops.
+type follower struct {
+	o      *clientOpts
+	addr   string
+	cmd    string
+	ticket string
+	after  int64 // the seq of the last line printed
+	stdout *bufio.Writer
+	stderr *bufio.Writer
+
+	mu      sync.Mutex // guards cc
+	cc      *clientConn
+	aborted atomic.Bool // a second Ctrl-C: stop waiting
+	// cancelled is closed once the job.cancel sent at the first Ctrl-C has
+	// been answered (or failed).
+	cancelled chan struct{}
+}
+
+func (f *follower) setConn(cc *clientConn) {
+	f.mu.Lock()
+	f.cc = cc
+	f.mu.Unlock()
+}
+
+func (f *follower) conn() *clientConn {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.cc
+}
+
+func (f *follower) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cc != nil {
+		f.cc.Close()
+	}
+}
+
+func (f *follower) flush() {
+	f.stdout.Flush()
+	f.stderr.Flush()
+}
+
+// call makes one request with a deadline a little past the longest wait,
+// so that a connection that died silently is noticed.
+func (f *follower) call(method string, params, result any) error {
+	cc := f.conn()
+	cc.tc.SetDeadline(time.Now().Add(followWait + 30*time.Second))
+	defer cc.tc.SetDeadline(time.Time{})
+	return cc.call(method, params, result)
+}
+
+// follow prints the job's log until it is done and every line is printed,
+// and returns its final status.
+func (f *follower) follow() (*statusReply, error) {
+	for {
+		var st statusReply
+		params := map[string]any{"ticket": f.ticket, "after": f.after, "wait_ms": followWait.Milliseconds()}
+		if err := f.call("job.status", params, &st); err != nil {
+			if err := f.recover(err); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		f.print(st.Logs)
+		if st.Next > f.after {
+			f.after = st.Next
+		}
+		// Once the state is done no line is added: an answer without
+		// lines means every one has been printed.
+		if st.State == stateDone && len(st.Logs) == 0 {
+			return &st, nil
+		}
+	}
+}
+
+// print writes log entries: stdout and stderr lines to their streams, the
+// agent's remarks to stderr.
+func (f *follower) print(logs []logEntry) {
+	for _, e := range logs {
+		switch e.Stream {
+		case "stdout":
+			f.stdout.WriteString(e.Text)
+			f.stdout.WriteByte('\n')
+		case "stderr":
+			f.stderr.WriteString(e.Text)
+			f.stderr.WriteByte('\n')
+		default:
+			f.stderr.WriteString("tentacle: " + e.Text + "\n")
+		}
+	}
+	f.flush()
+}
+
+// recover decides what a failed call means: an answer from the agent is
+// final; a broken connection is redialled with backoff for up to
+// execReconnectFor.
+func (f *follower) recover(err error) error {
+	var re *rpcError
+	if errors.As(err, &re) || f.aborted.Load() {
+		return err
+	}
+	f.flush()
+	fmt.Fprintf(f.stderr, "tentacle %s: connection lost (%v): reconnecting\n", f.cmd, err)
+	f.stderr.Flush()
+	f.conn().Close()
+	deadline := time.Now().Add(execReconnectFor)
+	delay := 100 * time.Millisecond
+	for {
+		if f.aborted.Load() {
+			return errors.New("stopped waiting")
+		}
+		cc, derr := f.o.dial(f.addr)
+		if derr == nil {
+			f.setConn(cc)
+			fmt.Fprintf(f.stderr, "tentacle %s: reconnected, continuing after line %d\n", f.cmd, f.after)
+			f.stderr.Flush()
+			return nil
+		}
+		if time.Now().Add(delay).After(deadline) {
+			return fmt.Errorf("could not reconnect within %s: %v", execReconnectFor, derr)
+		}
+		time.Sleep(delay)
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// complete tells the agent the job's output has been read, so it removes
+// the job. An answer lost with a dropped connection is retried once; a
+// job already gone then is fine.
+func (f *follower) complete() error {
+	var final statusReply
+	params := map[string]any{"ticket": f.ticket, "after": f.after}
+	err := f.call("job.complete", params, &final)
+	if err != nil {
+		if rerr := f.recover(err); rerr != nil {
+			return rerr
+		}
+		var re *rpcError
+		if err = f.call("job.complete", params, &final); errors.As(err, &re) && re.Kind() == kindNotFound {
+			return nil
+		}
+	}
+	f.print(final.Logs)
+	return err
+}
+
+// failed reports an error that ended following, and exec's exit code.
+func (f *follower) failed(err error) int {
+	if f.aborted.Load() {
+		// Make sure the cancel went out before leaving.
+		select {
+		case <-f.cancelled:
+		case <-time.After(5 * time.Second):
+		}
+		fmt.Fprintf(f.stderr, "tentacle %s: stopped waiting; job %s may still be running: follow it with \"tentacle job -follow %s %s\"\n", f.cmd, f.ticket, f.addr, f.ticket)
+		f.flush()
+		return exitCancelled
+	}
+	var re *rpcError
+	if errors.As(err, &re) {
+		fmt.Fprintf(f.stderr, "tentacle %s: job %s: %s (%s)\n", f.cmd, f.ticket, re.Message, re.Kind())
+	} else {
+		fmt.Fprintf(f.stderr, "tentacle %s: job %s: %v\n", f.cmd, f.ticket, err)
+	}
+	f.flush()
+	return exitNoJob
+}
+
+// handleInterrupt makes the first Ctrl-C cancel the job (on a connection of
+// its own, since the main one is in a long poll) and a second one, at least
+// half a second later, stop waiting: some tools deliver one interrupt twice
+// (timeout(1) signals the command and its process group). It returns a
+// function that restores the default.
+func (f *follower) handleInterrupt() func() {
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, os.Interrupt)
+	stop := make(chan struct{})
+	f.cancelled = make(chan struct{})
+	go func() {
+		var first time.Time
+		for {
+			select {
+			case <-sigc:
+			case <-stop:
+				return
+			}
+			if !first.IsZero() {
+				if time.Since(first) > 500*time.Millisecond {
+					f.aborted.Store(true)
+					f.conn().Close()
+				}
+				continue
+			}
+			first = time.Now()
+			fmt.Fprintf(os.Stderr, "tentacle %s: cancelling job %s (Ctrl-C again to stop waiting)\n", f.cmd, f.ticket)
+			go func() {
+				defer close(f.cancelled)
+				cc, err := f.o.dial(f.addr)
+				if err == nil {
+					err = cc.call("job.cancel", map[string]any{"ticket": f.ticket}, nil)
+					cc.Close()
+				}
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "tentacle %s: failed to cancel job %s: %v\n", f.cmd, f.ticket, err)
+				}
+			}()
+		}
+	}()
+	return func() {
+		signal.Stop(sigc)
+		close(stop)
+	}
+}
+
+const usageJobs = `
+Usage:
+  tentacle jobs [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR
+
+Lists the agent's jobs, oldest first: running, queued, and finished ones
+nobody has completed yet (they are removed after the agent's retention
+period).
+
+Example:
+  tentacle jobs -pin 5B01…9A web1
+`
+
+func cmdJobs(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("jobs", usageJobs, stderr)
+	o := addClientFlags(fs)
+	rest, code, ok := parseFlags(fs, args, 1, 1)
+	if !ok {
+		return code
+	}
+	cc, err := o.dial(rest[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle jobs: %v\n", err)
+		return 1
+	}
+	defer cc.Close()
+	var r struct {
+		Jobs []struct {
+			Ticket  string  `json:"ticket"`
+			Kind    string  `json:"kind"`
+			State   string  `json:"state"`
+			Outcome *string `json:"outcome"`
+			Started *string `json:"started"`
+		} `json:"jobs"`
+	}
+	if err := cc.call("job.list", nil, &r); err != nil {
+		return clientFailed(stderr, "jobs", err)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TICKET\tKIND\tSTATE\tOUTCOME\tSTARTED")
+	for _, j := range r.Jobs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", j.Ticket, j.Kind, j.State, orDash(j.Outcome), orDash(j.Started))
+	}
+	tw.Flush()
+	return 0
+}
+
+func orDash(s *string) string {
+	if s == nil {
+		return "-"
+	}
+	return *s
+}
+
+const usageJob = `
+Usage:
+  tentacle job [-home DIR] -pin THUMBPRINT [-proxy URL] [-follow] ADDR TICKET
+
+Shows one job: its state, outcome, exit code, times, a deploy's result, and
+its whole log, one line an entry (time, stream, text). With -follow it
+instead streams the log as exec does (stdout to stdout, stderr to stderr)
+until the job ends, reconnecting if the connection drops, and exits with
+exec's exit codes. It never completes the job.
+
+Example:
+  tentacle job -pin 5B01…9A web1 3f9c0a7e5d2b1c84
+  tentacle job -pin 5B01…9A -follow web1 3f9c0a7e5d2b1c84
+`
+
+func cmdJob(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("job", usageJob, stderr)
+	o := addClientFlags(fs)
+	followFlag := fs.Bool("follow", false, "stream the log until the job ends, and exit with its exit code")
+	rest, code, ok := parseFlags(fs, args, 2, 2)
+	if !ok {
+		return code
+	}
+	f := &follower{o: o, addr: rest[0], cmd: "job", ticket: rest[1], stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
+	cc, err := o.dial(f.addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle job: %v\n", err)
+		return 1
+	}
+	f.setConn(cc)
+	defer f.close()
+	if *followFlag {
+		st, err := f.follow()
+		if err != nil {
+			return f.failed(err)
+		}
+		code, msg := jobExitCode(st)
+		if msg != "" {
+			fmt.Fprintf(f.stderr, "tentacle job: job %s %s\n", f.ticket, msg)
+		}
+		f.flush()
+		return code
+	}
+	var st statusReply
+	var logs []logEntry
+	for {
+		var page statusReply
+		if err := cc.call("job.status", map[string]any{"ticket": f.ticket, "after": f.after}, &page); err != nil {
+			return clientFailed(stderr, "job", err)
+		}
+		st = page
+		logs = append(logs, page.Logs...)
+		if len(page.Logs) == 0 || page.Next <= f.after {
+			break
+		}
+		f.after = page.Next
+	}
+	w := f.stdout
+	fmt.Fprintf(w, "ticket:    %s\nkind:      %s\nstate:     %s\noutcome:   %s\n", st.Ticket, st.Kind, st.State, orDash(st.Outcome))
+	ec := "-"
+	if st.ExitCode != nil {
+		ec = fmt.Sprint(*st.ExitCode)
+	}
+	fmt.Fprintf(w, "exit code: %s\nstarted:   %s\nfinished:  %s\n", ec, orDash(st.Started), orDash(st.Finished))
+	if len(st.Result) > 0 && string(st.Result) != "null" {
+		fmt.Fprintf(w, "result:    %s\n", st.Result)
+	}
+	fmt.Fprintf(w, "log:       %d lines\n", len(logs))
+	for _, e := range logs {
+		fmt.Fprintf(w, "%s %-6s %s\n", e.Time, e.Stream, e.Text)
+	}
+	f.flush()
+	return 0
+}

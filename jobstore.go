@@ -1,0 +1,284 @@
+package main
+
+// jobstore.go: where jobs live on disk. Job states are lines in a journal,
+// <home>/work/jobs.journal; each job has a work directory
+// <home>/work/<ticket>/ with the agent's files (log, script) in .tentacle/.
+//
+// Both are shaped by what the disk costs: on the machines this was measured
+// on (virtualised storage), creating a file or a folder takes about half a
+// millisecond, while appending to an open file or renaming takes a few
+// microseconds. A state file per job, replaced atomically (temporary file
+// and rename) on each change, would cost a creation per change; a journal
+// line costs an append. Work directories are made ahead of time and renamed
+// into place when a job starts.
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// jobJournal is the job states: an append-only file of JSON lines, one per
+// change of a job's state. The last line of a ticket is its state; a line
+// {"ticket":…,"removed":true} forgets it. A line is one write(2) on a file
+// opened with O_APPEND, so a crash of the agent leaves whole lines; a line
+// cut short by a power loss is ignored, leaving that job's previous state.
+// The journal is rewritten (temporary file and rename) when it has grown
+// well past the number of jobs it describes.
+type jobJournal struct {
+	path string
+
+	mu    sync.Mutex        // guards f, lines, live
+	f     *os.File          // opened for appending
+	lines int               // lines in the file
+	live  map[string][]byte // each known job's last line, for rewriting
+}
+
+// journalRecord is one line: a state, or a removal.
+type journalRecord struct {
+	jobState
+	Removed bool `json:"removed,omitempty"`
+}
+
+// openJournal reads the journal at path and returns it with the states it
+// holds, rewritten without the history.
+func openJournal(path string) (*jobJournal, map[string]jobState, error) {
+	jr := &jobJournal{path: path, live: map[string][]byte{}}
+	states := map[string]jobState{}
+	if f, err := os.Open(path); err == nil {
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64<<10), 16<<20)
+		for sc.Scan() {
+			var r journalRecord
+			if json.Unmarshal(sc.Bytes(), &r) != nil || !validTicket(r.Ticket) {
+				continue // a line cut short by a crash
+			}
+			if r.Removed {
+				delete(states, r.Ticket)
+				delete(jr.live, r.Ticket)
+				continue
+			}
+			states[r.Ticket] = r.jobState
+			jr.live[r.Ticket] = append([]byte(nil), sc.Bytes()...)
+		}
+		err := sc.Err()
+		f.Close()
+		if err != nil {
+			return nil, nil, fmt.Errorf("failed to read the job journal %q: %v", path, err)
+		}
+	} else if !os.IsNotExist(err) {
+		return nil, nil, fmt.Errorf("failed to read the job journal %q: %v", path, err)
+	}
+	jr.mu.Lock()
+	defer jr.mu.Unlock()
+	if err := jr.rewriteLocked(); err != nil {
+		return nil, nil, fmt.Errorf("failed to write the job journal %q: %v", path, err)
+	}
+	return jr, states, nil
+}
+
+// put records a job's state.
+func (jr *jobJournal) put(st jobState) error {
+	b, err := json.Marshal(journalRecord{jobState: st})
+	if err != nil {
+		return err
+	}
+	jr.mu.Lock()
+	defer jr.mu.Unlock()
+	jr.live[st.Ticket] = b
+	return jr.appendLocked(b)
+}
+
+// remove forgets a job.
+func (jr *jobJournal) remove(ticket string) error {
+	b, _ := json.Marshal(map[string]any{"ticket": ticket, "removed": true})
+	jr.mu.Lock()
+	defer jr.mu.Unlock()
+	delete(jr.live, ticket)
+	return jr.appendLocked(b)
+}
+
+func (jr *jobJournal) appendLocked(line []byte) error {
+	if jr.f == nil {
+		return fmt.Errorf("the job journal %q is closed", jr.path)
+	}
+	if _, err := jr.f.Write(append(line, '\n')); err != nil {
+		return err
+	}
+	jr.lines++
+	if jr.lines > 4*len(jr.live)+1024 {
+		return jr.rewriteLocked()
+	}
+	return nil
+}
+
+// rewriteLocked replaces the journal with one line per known job, fsynced
+// (this happens rarely: at start-up and every thousand or so changes).
+func (jr *jobJournal) rewriteLocked() error {
+	var b []byte
+	for _, line := range jr.live {
+		b = append(append(b, line...), '\n')
+	}
+	if err := writeFileAtomic(jr.path, b, 0o600); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(jr.path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if jr.f != nil {
+		jr.f.Close()
+	}
+	jr.f, jr.lines = f, len(jr.live)
+	return nil
+}
+
+func (jr *jobJournal) close() {
+	jr.mu.Lock()
+	defer jr.mu.Unlock()
+	if jr.f != nil {
+		jr.f.Close()
+		jr.f = nil
+	}
+}
+
+// Names in the work folder that are not tickets.
+const (
+	sparePrefix = ".spare-" // a work directory made ahead of time
+	trashPrefix = ".trash-" // a completed job's directory, being removed
+	journalName = "jobs.journal"
+)
+
+// fillDelay is how long after a job start the pool is refilled.
+const fillDelay = 20 * time.Millisecond
+
+// dirPool keeps a few work directories ready, each with its .tentacle
+// folder and an empty log and sh script, so that starting a job renames
+// one into place instead of creating four things on the request's path.
+type dirPool struct {
+	root  string
+	ready chan string   // ready directories
+	kick  chan struct{} // asks the filler for more
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func newDirPool(root string, size int) *dirPool {
+	p := &dirPool{root: root, ready: make(chan string, size), kick: make(chan struct{}, 1),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go p.fill()
+	p.refill()
+	return p
+}
+
+// take makes dir a fresh work directory: a ready one renamed, or a new one.
+func (p *dirPool) take(dir string) error {
+	defer p.refill()
+	select {
+	case spare := <-p.ready:
+		if err := os.Rename(spare, dir); err == nil {
+			return nil
+		}
+		os.RemoveAll(spare)
+	default:
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	return os.Mkdir(filepath.Join(dir, metaDir), 0o700)
+}
+
+func (p *dirPool) refill() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// fill makes directories until the pool is full, whenever asked.
+func (p *dirPool) fill() {
+	defer close(p.done)
+	for {
+		select {
+		case <-p.kick:
+		case <-p.stop:
+			return
+		}
+		// Let the job that took a directory start first: making one is
+		// several file system operations that would compete with it.
+		select {
+		case <-time.After(fillDelay):
+		case <-p.stop:
+			return
+		}
+		for len(p.ready) < cap(p.ready) {
+			dir, err := makeSpareDir(p.root)
+			if err != nil {
+				break // the disk is full or read-only: take makes directories itself
+			}
+			select {
+			case p.ready <- dir:
+			default:
+				os.RemoveAll(dir)
+			}
+		}
+	}
+}
+
+// close stops the filler; ready directories stay, and are removed at the
+// next start.
+func (p *dirPool) close() {
+	close(p.stop)
+	<-p.done
+}
+
+func makeSpareDir(root string) (string, error) {
+	dir, err := os.MkdirTemp(root, sparePrefix)
+	if err != nil {
+		return "", err
+	}
+	meta := filepath.Join(dir, metaDir)
+	err = os.Mkdir(meta, 0o700)
+	for _, f := range []struct {
+		name string
+		perm os.FileMode
+	}{{"script.sh", 0o700}, {"log.jsonl", 0o600}} {
+		if err == nil {
+			var fh *os.File
+			if fh, err = os.OpenFile(filepath.Join(meta, f.name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.perm); err == nil {
+				err = fh.Close()
+			}
+		}
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// discardDir removes a work directory: renamed out of the way at once (so
+// the ticket's folder is gone), deleted in the background.
+func discardDir(root, dir string) error {
+	trash := filepath.Join(root, trashPrefix+filepath.Base(dir))
+	if err := os.Rename(dir, trash); err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return os.RemoveAll(dir)
+	}
+	go os.RemoveAll(trash)
+	return nil
+}
+
+// isScratch reports whether a name in the work folder is the agent's own
+// leftover: a spare or trashed directory, or a journal's temporary file.
+func isScratch(name string) bool {
+	return strings.HasPrefix(name, sparePrefix) || strings.HasPrefix(name, trashPrefix) ||
+		strings.HasPrefix(name, "."+journalName+".tmp")
+}
