@@ -221,6 +221,7 @@ type server struct {
 	audit   *auditLog
 	tlsConf *tls.Config
 	started time.Time
+	unlock  func()          // releases the home's lock
 	ctx     context.Context // cancelled when shutdown begins
 	stop    context.CancelFunc
 
@@ -822,12 +823,20 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 }
 
 // newServer prepares the home, identity, trust list and subsystems.
-func newServer(cfg *config, log *slog.Logger) (*server, error) {
+func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
 	if err := os.MkdirAll(cfg.Home, 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create home %q: %v", cfg.Home, err)
 	}
+	unlock, err := lockHome(cfg.Home)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			unlock()
+		}
+	}()
 	var id *identity
-	var err error
 	if cfg.CertFile != "" {
 		id, err = loadIdentity(cfg.KeyFile, cfg.CertFile)
 	} else {
@@ -859,7 +868,7 @@ func newServer(cfg *config, log *slog.Logger) (*server, error) {
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &server{
 		cfg: cfg, log: log, id: id, started: time.Now(), ctx: sctx, stop: cancel,
-		conns: map[*conn]struct{}{}, startups: map[string]int{},
+		conns: map[*conn]struct{}{}, startups: map[string]int{}, unlock: unlock,
 	}
 	s.trust = newTrustStore(trustPath, self, env, onReload)
 	s.tlsConf = s.serverTLSConfig()
@@ -881,6 +890,7 @@ func newServer(cfg *config, log *slog.Logger) (*server, error) {
 // close releases what newServer opened.
 func (s *server) close() {
 	s.stop()
+	defer s.unlock()
 	if s.audit != nil {
 		s.audit.close()
 	}

@@ -287,3 +287,14 @@ func FuzzTrustLine(f *testing.F) {
 		}
 	})
 }
+
+func TestSecondAgentOnSameHomeRefused(t *testing.T) {
+	a := startAgent(t)
+	_, stderr, code := runCLI("run", "-home", a.home, "-listen", "127.0.0.1:0")
+	if code != 1 || !strings.Contains(stderr, "another agent is running on home") {
+		t.Fatalf("second agent: code %d, stderr %q", code, stderr)
+	}
+	if err := pingWorks(a, a.client, nil); err != nil {
+		t.Fatalf("first agent disturbed: %v", err)
+	}
+}
