@@ -779,3 +779,53 @@ func TestInfo(t *testing.T) {
 		}
 	}
 }
+
+func TestShutdownAnswersRequestInFlight(t *testing.T) {
+	a := startAgent(t)
+	c := a.dial(t)
+	var started struct {
+		Ticket string `json:"ticket"`
+	}
+	if err := c.call("script.start", map[string]any{"script": "sleep 0.5"}, &started); err != nil {
+		t.Fatal(err)
+	}
+	// A long poll is in flight when the agent is told to stop: it is
+	// answered (not cut off), and the job is waited for within the grace.
+	if err := c.send("job.status", map[string]any{"ticket": started.Ticket, "wait_ms": 30000, "after": 1 << 40}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the long poll to reach the agent", 5*time.Second, func() bool {
+		a.srv.mu.Lock()
+		defer a.srv.mu.Unlock()
+		for cn := range a.srv.conns {
+			cn.mu.Lock()
+			busy := !cn.idle
+			cn.mu.Unlock()
+			if busy {
+				return true
+			}
+		}
+		return false
+	})
+	stopped := make(chan struct{})
+	go func() { a.stop(); close(stopped) }()
+	var st struct {
+		State string `json:"state"`
+	}
+	if err := c.receive(&st); err != nil {
+		t.Fatalf("in-flight request cut off by shutdown: %v", err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second):
+		t.Fatal("agent did not stop")
+	}
+	a.start()
+	c = a.dial(t)
+	var done struct {
+		Outcome string `json:"outcome"`
+	}
+	if err := c.call("job.status", map[string]any{"ticket": started.Ticket}, &done); err != nil || done.Outcome != "success" {
+		t.Fatalf("job running at shutdown: %+v, %v; want it waited for and successful", done, err)
+	}
+}
