@@ -780,6 +780,7 @@ func runAgent(cfg *config, logw io.Writer, ready func(*server, net.Addr)) error 
 // gracefully. ready, if not nil, is called once the agent is listening.
 func runAgentContext(ctx context.Context, cfg *config, logw io.Writer, ready func(*server, net.Addr)) error {
 	log := newLogger(cfg.LogFormat, logw)
+	defer startReaper(log)() // orphans of jobs (reaper_linux.go)
 	s, err := newServer(cfg, log)
 	if err != nil {
 		return err
