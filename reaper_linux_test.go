@@ -36,7 +36,7 @@ func TestReaperKeepsExitStatuses(t *testing.T) {
 
 	// A job that leaves 50 children behind and exits 7.
 	job := exec.Command("sh", "-c", `for i in $(seq 50); do sleep 1 >/dev/null 2>&1 & echo $!; done; exit 7`)
-	var out bytes.Buffer
+	var out syncBuffer // written by os/exec's copying goroutine
 	job.Stdout = &out
 	if err := startChild(job); err != nil {
 		t.Fatal(err)
@@ -172,7 +172,8 @@ func TestAgentAsPID1(t *testing.T) {
 		t.Fatalf("unshare has children %v, want the agent alone", kids)
 	}
 	agent := kids[0] // its pid out here
-	t.Cleanup(func() { syscall.Kill(agent, syscall.SIGKILL) }) // if the test fails before it stops
+	// If the test fails before it stops the agent:
+	t.Cleanup(func() { syscall.Kill(agent, syscall.SIGKILL) })
 
 	cc, err := dialAgent(p.addr, client, p.thumbprint, "", 5*time.Second, nil)
 	if err != nil {
