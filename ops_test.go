@@ -443,8 +443,8 @@ func TestProbeAddr(t *testing.T) {
 	}
 }
 
-// buildTentacle builds the binary into a temporary folder.
-func buildTentacle(t *testing.T) string {
+// buildOpsBinary builds the binary into a temporary folder.
+func buildOpsBinary(t *testing.T) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -467,8 +467,8 @@ func buildTentacle(t *testing.T) string {
 	return bin
 }
 
-// procAgent is the built binary running as an agent in a child process.
-type procAgent struct {
+// envAgent is the built binary running as an agent in a child process.
+type envAgent struct {
 	t          *testing.T
 	cmd        *exec.Cmd
 	logs       *syncBuffer
@@ -480,11 +480,11 @@ type procAgent struct {
 
 var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+) thumbprint=([0-9A-F]{64})`)
 
-// startProcAgent runs argv with exactly env (nothing inherited) and waits
+// startEnvAgent runs argv with exactly env (nothing inherited) and waits
 // until it logs that it listens.
-func startProcAgent(t *testing.T, env []string, argv ...string) *procAgent {
+func startEnvAgent(t *testing.T, env []string, argv ...string) *envAgent {
 	t.Helper()
-	p := &procAgent{t: t, logs: &syncBuffer{}, exited: make(chan struct{})}
+	p := &envAgent{t: t, logs: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Env = env
 	p.cmd.Stdout = p.logs
@@ -524,7 +524,7 @@ func startProcAgent(t *testing.T, env []string, argv ...string) *procAgent {
 
 // stop sends SIGTERM, as docker stop and systemctl stop do, and checks that
 // the agent exits 0 within d.
-func (p *procAgent) stop(d time.Duration) {
+func (p *envAgent) stop(d time.Duration) {
 	p.t.Helper()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		p.t.Fatal(err)
@@ -550,13 +550,13 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("stops the agent with SIGTERM, which Windows does not have")
 	}
-	bin := buildTentacle(t)
+	bin := buildOpsBinary(t)
 	clientHome := t.TempDir()
 	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ping := func(p *procAgent, id *identity) error {
+	ping := func(p *envAgent, id *identity) error {
 		cc, err := dialAgent(p.addr, id, p.thumbprint, "", 5*time.Second, nil)
 		if err != nil {
 			return err
@@ -579,7 +579,7 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 	t.Run("identity created on first start and reused", func(t *testing.T) {
 		home := filepath.Join(t.TempDir(), "volume") // not there yet: a fresh volume
 		env := baseEnv("TENTACLE_HOME="+home, "TENTACLE_LISTEN=127.0.0.1:0", "TENTACLE_TRUST="+client.thumbprint)
-		p := startProcAgent(t, env, bin, "run")
+		p := startEnvAgent(t, env, bin, "run")
 		if !strings.Contains(p.logs.String(), "created identity") {
 			t.Fatalf("first start did not say it created the identity:\n%s", p.logs)
 		}
@@ -595,7 +595,7 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 			t.Fatalf("tentacle health with the agent stopped: %v %q", err, out)
 		}
 
-		p = startProcAgent(t, env, bin, "run") // the container restarts
+		p = startEnvAgent(t, env, bin, "run") // the container restarts
 		if p.thumbprint != first {
 			t.Fatalf("thumbprint changed across restarts: %s then %s", first, p.thumbprint)
 		}
@@ -622,7 +622,7 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 		env := baseEnv("TENTACLE_HOME="+home, "TENTACLE_LISTEN=127.0.0.1:0",
 			"TENTACLE_CERT_FILE="+filepath.Join(secret, "tls.crt"), "TENTACLE_KEY_FILE="+filepath.Join(secret, "tls.key"),
 			"TENTACLE_TRUST_FILE="+trustFile)
-		p := startProcAgent(t, env, bin, "run")
+		p := startEnvAgent(t, env, bin, "run")
 		if p.thumbprint != id.thumbprint {
 			t.Fatalf("agent thumbprint %s, want the mounted %s", p.thumbprint, id.thumbprint)
 		}
@@ -687,7 +687,7 @@ func TestServiceUnit(t *testing.T) {
 	root := t.TempDir()
 	bin := ""
 	if runtime.GOOS == "linux" {
-		bin = buildTentacle(t)
+		bin = buildOpsBinary(t)
 	} else {
 		bin, _ = os.Executable()
 	}

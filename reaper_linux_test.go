@@ -154,7 +154,7 @@ func TestAgentAsPID1(t *testing.T) {
 		t.Fatalf("unshare --pid --fork --mount-proc true: %v: %s", err, probeOut.String())
 	}
 
-	bin := buildTentacle(t)
+	bin := buildOpsBinary(t)
 	clientHome := t.TempDir()
 	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
 	if err != nil {
@@ -163,7 +163,7 @@ func TestAgentAsPID1(t *testing.T) {
 	env := baseEnv("TENTACLE_HOME="+t.TempDir(), "TENTACLE_LISTEN=127.0.0.1:0", "TENTACLE_TRUST="+client.thumbprint)
 	// --kill-child: if the test fails and kills unshare, PID 1 goes too, and
 	// with it the namespace.
-	p := startProcAgent(t, env, unshare, "--pid", "--fork", "--kill-child", "--mount-proc", bin, "run")
+	p := startEnvAgent(t, env, unshare, "--pid", "--fork", "--kill-child", "--mount-proc", bin, "run")
 	if !strings.Contains(p.logs.String(), `msg="reaping orphaned processes" pid=1 `) {
 		t.Fatalf("the agent does not say it reaps as PID 1:\n%s", p.logs)
 	}
@@ -208,6 +208,11 @@ func TestAgentAsPID1(t *testing.T) {
 	if err := cc.call("ping", nil, nil); err != nil {
 		t.Fatalf("agent stopped serving: %v", err)
 	}
+	if _, ok := methods["script.start"]; ok {
+		pid1Job(t, cc, agent)
+	} else {
+		t.Log("no script.start in this build (the jobs issue is not merged): orphans left by nsenter only")
+	}
 
 	// docker stop sends SIGTERM to PID 1.
 	start := time.Now()
@@ -226,4 +231,38 @@ func TestAgentAsPID1(t *testing.T) {
 		t.Fatalf("no clean stop in the log:\n%s", p.logs)
 	}
 	t.Logf("stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+}
+
+// pid1Job runs a script job on the agent (PID 1, host pid agent) that
+// leaves 50 children behind and exits 3: the job must read exit code 3 (the
+// reaper did not steal it), and the orphans must not stay zombies.
+func pid1Job(t *testing.T, cc *clientConn, agent int) {
+	t.Helper()
+	var started struct {
+		Ticket string `json:"ticket"`
+	}
+	script := `for i in $(seq 50); do sleep 1 >/dev/null 2>&1 & done; exit 3`
+	if err := cc.call("script.start", map[string]any{"script": script}, &started); err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		State    string  `json:"state"`
+		Outcome  *string `json:"outcome"`
+		ExitCode *int    `json:"exit_code"`
+	}
+	waitFor(t, "the job to finish", 20*time.Second, func() bool {
+		if err := cc.call("job.status", map[string]any{"ticket": started.Ticket, "wait_ms": 1000}, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.State == "done"
+	})
+	if st.ExitCode == nil || *st.ExitCode != 3 || st.Outcome == nil || *st.Outcome != "failed" {
+		t.Fatalf("job under PID 1: outcome %v, exit code %v; want failed, 3", st.Outcome, st.ExitCode)
+	}
+	waitFor(t, "the job's orphans to exit and be reaped by PID 1", 20*time.Second, func() bool {
+		return len(childPids(agent)) == 0
+	})
+	if z := strayZombies(agent); len(z) != 0 {
+		t.Fatalf("zombies left under PID 1 after the job: %v", z)
+	}
 }
