@@ -684,6 +684,12 @@ func TestServiceUnit(t *testing.T) {
 		t.Errorf("special characters are not quoted:\n%s", odd)
 	}
 
+	for _, sp := range []serviceSpec{spec, {Bin: "/b", Home: "/srv/100%/a$b", User: "svc", Listen: ":1"}} {
+		if home, usr := unitHomeUser(unitText(sp)); home != sp.Home || usr != sp.User {
+			t.Errorf("home and user read back from the unit: %q %q, want %q %q", home, usr, sp.Home, sp.User)
+		}
+	}
+
 	root := t.TempDir()
 	bin := ""
 	if runtime.GOOS == "linux" {
@@ -750,7 +756,7 @@ func TestServiceUnit(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(spec.Home, "tentacle.key")); err != nil {
 		t.Fatalf("uninstall lost the identity: %v", err)
 	}
-	if !strings.Contains(said.String(), "removed") || !strings.Contains(said.String(), "kept the home") {
+	if !strings.Contains(said.String(), "removed") || !strings.Contains(said.String(), "to remove them too: rm -r "+spec.Home+" "+h.binPath+"\n") {
 		t.Errorf("uninstall output:\n%s", said.String())
 	}
 	said.Reset()

@@ -135,8 +135,8 @@ Run it again to change the flags. -dry-run prints the unit to stdout and
 what would be done to stderr, and changes nothing.
 
 uninstall stops and disables the service and removes the unit. It keeps the
-home (identity, trust list, apps), the user and /usr/local/bin/tentacle,
-and prints how to remove them.
+home (identity, trust list, apps: a reinstall picks them up again), the user
+and /usr/local/bin/tentacle, and prints how to remove them.
 
 Example:
   sudo tentacle service install
@@ -322,10 +322,15 @@ func (h *serviceHost) install(spec serviceSpec) error {
 
 // uninstall stops the service and removes its unit, keeping data.
 func (h *serviceHost) uninstall() error {
-	if _, err := os.Stat(h.unitPath); errors.Is(err, fs.ErrNotExist) {
+	unit, err := os.ReadFile(h.unitPath)
+	if errors.Is(err, fs.ErrNotExist) {
 		h.say("%q does not exist: the service is not installed", h.unitPath)
 		return nil
 	}
+	if err != nil {
+		return err
+	}
+	home, usr := unitHomeUser(string(unit))
 	if h.systemd {
 		if err := h.command("systemctl", "disable", "--now", serviceName); err != nil {
 			return err
@@ -342,8 +347,32 @@ func (h *serviceHost) uninstall() error {
 			return err
 		}
 	}
-	h.say("kept the home (identity, trust list, apps), the user and %q: remove them by hand if they are no longer wanted", h.binPath)
+	removal := "rm -r " + home + " " + h.binPath
+	if usr != "root" {
+		removal += " && userdel " + usr
+	}
+	h.say("kept the home %q (identity, trust list, apps), the user %q and %q; to remove them too: %s", home, usr, h.binPath, removal)
 	return nil
+}
+
+// unitHomeUser reads the home and user back from a unit install wrote, for
+// uninstall's advice; defaults where it cannot tell.
+func unitHomeUser(unit string) (home, usr string) {
+	home, usr = serviceHome, serviceUser
+	for _, line := range strings.Split(unit, "\n") {
+		if v, ok := strings.CutPrefix(line, "User="); ok {
+			usr = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "ExecStart="); ok {
+			f := strings.Fields(v)
+			for i := 0; i+1 < len(f); i++ {
+				if f[i] == "-home" && !strings.HasPrefix(f[i+1], `"`) {
+					home = strings.ReplaceAll(strings.ReplaceAll(f[i+1], "%%", "%"), "$$", "$")
+				}
+			}
+		}
+	}
+	return home, usr
 }
 
 // command runs a program, showing its output only when it fails.
