@@ -287,6 +287,9 @@ func (h *serviceHost) install(spec serviceSpec) error {
 	if err := os.MkdirAll(spec.Home, 0o700); err != nil {
 		return fmt.Errorf("failed to create home %q: %v", spec.Home, err)
 	}
+	if err := os.Chmod(spec.Home, 0o700); err != nil { // an existing home too
+		return err
+	}
 	var created bytes.Buffer
 	id, err := ensureIdentity(&config{Home: spec.Home}, &created)
 	if err != nil {
