@@ -810,3 +810,37 @@ func TestServiceCommand(t *testing.T) {
 		t.Fatalf("-dry-run created the home: %v", err)
 	}
 }
+
+// BenchmarkAuditedRequest measures what the audit line adds to a request:
+// the same method over the same connection, registered once as changing
+// (audited) and once not, in the same run.
+func BenchmarkAuditedRequest(b *testing.B) {
+	register("test.change", method{groups: []string{"script"}, mutates: true, fn: handleTestChange})
+	register("test.nochange", method{groups: []string{"script"}, fn: handleTestChange})
+	b.Cleanup(func() { delete(methods, "test.change"); delete(methods, "test.nochange") })
+	a := startAgent(b)
+	c, err := dialAgent(a.addr, a.client, a.thumbprint, "", 5*time.Second, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	params := map[string]any{"path": "/srv/app/app.conf", "n": 1}
+	per := func(m string, n int) time.Duration {
+		start := time.Now()
+		for range n {
+			if err := c.call(m, params, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(start) / time.Duration(n)
+	}
+	per("test.nochange", 200) // warm up
+	b.ResetTimer()
+	audited := per("test.change", b.N)
+	b.StopTimer()
+	base := per("test.nochange", max(b.N, 200))
+	b.ReportMetric(float64(audited.Nanoseconds()), "ns/audited")
+	b.ReportMetric(float64(base.Nanoseconds()), "ns/baseline")
+	b.ReportMetric(float64(audited)/float64(base), "ratio")
+	b.Logf("audited %v, baseline (same method, not audited) %v, ratio %.2f", audited, base, float64(audited)/float64(base))
+}
