@@ -6,6 +6,7 @@ package main
 // the default.
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -47,6 +48,7 @@ type config struct {
 	LogFormat string // "text" or "json"
 	CertFile  string // optional: identity from mounted files
 	KeyFile   string
+	TrustFile string // optional: a trust list elsewhere, e.g. a mounted ConfigMap
 	Limits    limits
 
 	ShutdownGrace  time.Duration // in-flight requests and jobs on SIGTERM
@@ -103,6 +105,7 @@ func runFlags(fs *flag.FlagSet) *config {
 	fs.StringVar(&c.LogFormat, "log-format", envOr("TENTACLE_LOG_FORMAT", "text"), "log `format`: text or json (env TENTACLE_LOG_FORMAT)")
 	fs.StringVar(&c.CertFile, "cert", os.Getenv("TENTACLE_CERT_FILE"), "use this certificate PEM `file` instead of <home>/tentacle.crt (env TENTACLE_CERT_FILE)")
 	fs.StringVar(&c.KeyFile, "key", os.Getenv("TENTACLE_KEY_FILE"), "use this private key PEM `file` instead of <home>/tentacle.key (env TENTACLE_KEY_FILE)")
+	fs.StringVar(&c.TrustFile, "trust-file", os.Getenv("TENTACLE_TRUST_FILE"), "read the trust list from this `file` instead of <home>/trusted_servers, e.g. a mounted ConfigMap (env TENTACLE_TRUST_FILE)")
 	fs.Int64Var(&c.Limits.MaxLine, "max-line", 1<<20, "longest request line in `bytes`")
 	fs.DurationVar(&c.Limits.HandshakeTimeout, "handshake-timeout", 10*time.Second, "TLS handshake `deadline`")
 	fs.DurationVar(&c.Limits.IdleTimeout, "idle-timeout", 10*time.Minute, "close a connection idle this `long`")
@@ -163,7 +166,7 @@ func (c *config) certPath() string {
 }
 
 func homeTrustPath(home string) string { return filepath.Join(home, "trusted_servers") }
-func (c *config) trustPath() string    { return homeTrustPath(c.Home) }
+func (c *config) trustPath() string    { return cmp.Or(c.TrustFile, homeTrustPath(c.Home)) }
 func (c *config) workDir() string      { return filepath.Join(c.Home, "work") }
 func (c *config) filesDir() string     { return filepath.Join(c.Home, "files") }
 func (c *config) packagesDir() string  { return filepath.Join(c.Home, "packages") }

@@ -388,12 +388,12 @@ func (s *server) handle(nc net.Conn, src string) {
 		tc.Close()
 		return
 	}
-	s.log.Info("connected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
+	s.log.Log(s.ctx, connLevel(entry), "connected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
 		"tls", tls.VersionName(cs.Version), "resumed", cs.DidResume)
 	n, err := s.commandLoop(c)
 	s.untrack(c)
 	tc.Close()
-	s.log.Info("disconnected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
+	s.log.Log(s.ctx, connLevel(entry), "disconnected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
 		"requests", n, "duration", time.Since(start).Round(time.Millisecond), "reason", errString(err))
 }
 
@@ -730,8 +730,18 @@ func (s *server) logRequest(c *conn) {
 	if c.peer.entry != nil {
 		name = c.peer.entry.Name
 	}
-	s.log.Info("request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", name,
+	s.log.Log(s.ctx, connLevel(c.peer.entry), "request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", name,
 		"method", method, "duration", c.done.duration.Round(time.Microsecond), "outcome", outcome)
+}
+
+// connLevel is the level of a connection's log lines: the agent's own
+// health probe (every few seconds under Docker or Kubernetes) logs at debug,
+// so it does not drown the lines that matter.
+func connLevel(e *trustEntry) slog.Level {
+	if e != nil && e.self {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
 
 // shutdown stops accepting, lets requests in flight finish within ctx, then
@@ -780,6 +790,7 @@ func runAgent(cfg *config, logw io.Writer, ready func(*server, net.Addr)) error 
 // gracefully. ready, if not nil, is called once the agent is listening.
 func runAgentContext(ctx context.Context, cfg *config, logw io.Writer, ready func(*server, net.Addr)) error {
 	log := newLogger(cfg.LogFormat, logw)
+	defer startReaper(log)() // orphans of jobs (reaper_linux.go)
 	s, err := newServer(cfg, log)
 	if err != nil {
 		return err

@@ -18,6 +18,10 @@ import (
 // version is set at build time with -ldflags "-X main.version=…".
 var version string
 
+// commit may be set with -ldflags "-X main.commit=…" where the build has no
+// .git to stamp from (a Docker build context); else Go's VCS stamp is used.
+var commit string
+
 // command is one subcommand.
 type command struct {
 	name    string
@@ -297,6 +301,9 @@ func versionString() string {
 
 // commitString is the VCS revision Go stamped into the build, if any.
 func commitString() string {
+	if commit != "" {
+		return commit
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"

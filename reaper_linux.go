@@ -1,0 +1,274 @@
+//go:build linux
+
+package main
+
+// reaper_linux.go: orphaned processes. While the agent runs it is a child
+// subreaper (prctl PR_SET_CHILD_SUBREAPER), and in a container it is PID 1:
+// either way the orphaned descendants of its jobs (a script's "daemon &", a
+// double fork) are handed to it when their parent exits, and unless it
+// collects their exit they stay zombies for as long as it runs.
+//
+// A naive wait4(-1) would also collect the agent's own job processes and
+// steal the exit statuses os/exec is waiting for. So the reaper waits for one
+// zombie child at a time, by pid, and only for one that
+//   - startChild did not register (the registry below), and
+//   - no os.Process in this process still holds a pidfd for: Go keeps one for
+//     every process os/exec starts (Linux 5.4+) until Wait has collected it,
+//     so a child that other code started directly is left alone too.
+//
+// It is on whenever the agent runs on Linux, not only as PID 1: then the
+// agent never depends on what its PID 1 does (a shell as a container's
+// entrypoint, an init that reaps late), a job's escaped descendants stay
+// under the agent rather than under init, and the behaviour is the same, and
+// tested the same way, everywhere. Long-running processes a deploy leaves
+// behind are not affected: they run on, and if the agent stops they pass to
+// the next reaper up (init).
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const prSetChildSubreaper = 36 // from <linux/prctl.h>
+
+// reapInterval is the sweep without a signal: it catches a zombie that was
+// protected when its SIGCHLD came (an os.Process released without Wait) and a
+// child the children lists missed while it was exiting.
+const reapInterval = 5 * time.Second
+
+// reaper is process-wide: one per process, shared by every agent running in
+// it (tests run several, one after another and sometimes overlapping).
+var reaper struct {
+	// mu guards everything below. startChild holds it across cmd.Start, and a
+	// sweep across each check-and-wait, so a child that exits at once cannot
+	// be taken for an orphan before it is registered.
+	mu    sync.Mutex
+	pids  map[int]bool // started by startChild and not yet waited for
+	users int          // running agents
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+// startChild starts cmd and registers its pid as the agent's own, so the
+// reaper never collects it: waitChild does.
+func startChild(cmd *exec.Cmd) error {
+	reaper.mu.Lock()
+	defer reaper.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	if reaper.pids == nil {
+		reaper.pids = map[int]bool{}
+	}
+	reaper.pids[cmd.Process.Pid] = true
+	return nil
+}
+
+// waitChild waits for cmd (started by startChild) and forgets its pid.
+func waitChild(cmd *exec.Cmd) error {
+	err := cmd.Wait()
+	reaper.mu.Lock()
+	delete(reaper.pids, cmd.Process.Pid)
+	reaper.mu.Unlock()
+	return err
+}
+
+// startReaper makes the process a child subreaper and reaps orphans on every
+// SIGCHLD until stop is called (by the last agent, if several run).
+func startReaper(log *slog.Logger) (stop func()) {
+	reaper.mu.Lock()
+	defer reaper.mu.Unlock()
+	reaper.users++
+	if reaper.users == 1 {
+		_, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
+		if errno != 0 && os.Getpid() != 1 {
+			log.Warn("cannot become a child subreaper: orphaned processes of jobs go to init", "err", errno.Error())
+		}
+		reaper.stop, reaper.done = make(chan struct{}), make(chan struct{})
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGCHLD)
+		go reapLoop(log, sig, reaper.stop, reaper.done)
+		log.Info("reaping orphaned processes", "pid", os.Getpid(), "subreaper", errno == 0)
+	}
+	var once sync.Once
+	return func() { once.Do(releaseReaper) }
+}
+
+// releaseReaper is one agent's stop: the last one ends the loop (after a
+// final sweep) and gives up the subreaper role.
+func releaseReaper() {
+	reaper.mu.Lock()
+	reaper.users--
+	if reaper.users > 0 {
+		reaper.mu.Unlock()
+		return
+	}
+	stop, done := reaper.stop, reaper.done
+	close(stop)
+	reaper.mu.Unlock()
+	<-done // outside the lock: the loop takes it to sweep
+	reaper.mu.Lock()
+	if reaper.users == 0 { // no agent started meanwhile
+		syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 0, 0)
+	}
+	reaper.mu.Unlock()
+}
+
+func reapLoop(log *slog.Logger, sig chan os.Signal, stop, done chan struct{}) {
+	defer close(done)
+	defer signal.Stop(sig)
+	tick := time.NewTicker(reapInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			reapOrphans(log)
+			return
+		case <-sig: // signals coalesce: a sweep takes every zombie there is
+		case <-tick.C:
+		}
+		reapOrphans(log)
+	}
+}
+
+// reapOrphans waits for every zombie child that nobody else will wait for,
+// and returns how many it collected.
+func reapOrphans(log *slog.Logger) int {
+	zombies := zombieChildren(os.Getpid())
+	if len(zombies) == 0 {
+		return 0
+	}
+	reaper.mu.Lock()
+	defer reaper.mu.Unlock()
+	var owned map[int]bool // read only when needed: it lists every open fd
+	n := 0
+	for _, pid := range zombies {
+		if reaper.pids[pid] {
+			continue
+		}
+		if owned == nil {
+			owned = pidfdTargets()
+		}
+		if owned[pid] {
+			continue
+		}
+		var ws syscall.WaitStatus
+		if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); err == nil && got == pid {
+			n++
+			log.Debug("reaped orphaned process", "pid", pid, "status", waitStatusString(ws))
+		}
+	}
+	return n
+}
+
+func waitStatusString(ws syscall.WaitStatus) string {
+	if ws.Signaled() {
+		return "killed by " + ws.Signal().String()
+	}
+	return fmt.Sprintf("exit %d", ws.ExitStatus())
+}
+
+// zombieChildren lists pid's children that have exited and wait to be
+// collected.
+func zombieChildren(pid int) []int {
+	var zombies []int
+	for _, c := range childPids(pid) {
+		if state, ppid, err := procStat(c); err == nil && state == 'Z' && ppid == pid {
+			zombies = append(zombies, c)
+		}
+	}
+	return zombies
+}
+
+// childPids lists pid's children from /proc/PID/task/*/children (a child
+// belongs to the thread that forked it, or that it was handed to), or, on a
+// kernel without those files, by scanning every process's parent.
+func childPids(pid int) []int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	var kids []int
+	found := false
+	for _, t := range tasks {
+		data, err := os.ReadFile(dir + "/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		found = true
+		for _, f := range strings.Fields(string(data)) {
+			if k, err := strconv.Atoi(f); err == nil {
+				kids = append(kids, k)
+			}
+		}
+	}
+	if found || err != nil {
+		return kids
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		k, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		if _, ppid, err := procStat(k); err == nil && ppid == pid {
+			kids = append(kids, k)
+		}
+	}
+	return kids
+}
+
+// procStat reads a process's state letter and parent from /proc/PID/stat.
+// The command name in parentheses may itself hold ") ", so the fields are
+// found after the last ')'.
+func procStat(pid int) (state byte, ppid int, err error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 2 || len(f[0]) != 1 {
+		return 0, 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	ppid, err = strconv.Atoi(f[1])
+	return f[0][0], ppid, err
+}
+
+// pidfdTargets lists the processes this process holds a pidfd for: those an
+// os.Process will still Wait for. Without /proc it is empty, and the
+// registry alone protects the agent's children.
+func pidfdTargets() map[int]bool {
+	m := map[int]bool{}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return m
+	}
+	for _, fd := range fds {
+		if link, err := os.Readlink("/proc/self/fd/" + fd.Name()); err != nil || !strings.Contains(link, "pidfd") {
+			continue
+		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + fd.Name())
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "Pid:"); ok {
+				if p, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && p > 0 {
+					m[p] = true
+				}
+			}
+		}
+	}
+	return m
+}
