@@ -919,7 +919,7 @@ func shellArgv(interp, script string, args []string) []string {
 
 // availableShells lists the shells script.start accepts that are installed.
 func availableShells() []string {
-	var out []string
+	out := []string{} // [] rather than null in info when there is none
 	for _, s := range []string{"sh", "bash", "pwsh"} {
 		if _, err := exec.LookPath(s); err == nil {
 			out = append(out, s)

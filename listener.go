@@ -586,16 +586,20 @@ func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadl
 	m, known := methods[req.method]
 	cl := &call{ctx: s.ctx, srv: s, peer: c.peer, method: req.method, params: req.params}
 
-	// Body framing first, so even a refused request keeps the stream in step.
+	// Find the body first, so even a refused request keeps the stream in
+	// step. Without a readable size the stream cannot be kept in step: the
+	// request is answered (by the most telling error) and the connection
+	// closed.
+	var sizeErr error
 	if known && m.body {
 		size, serr := bodySize(req.params)
 		if serr != nil {
-			c.done = requestDone{req.method, time.Since(start), serr}
-			notify = false
-			return true, reply(nil, errorf(kindInvalidParams, "%v; the connection is closed because its body cannot be found", serr))
+			sizeErr = errorf(kindInvalidParams, "%v; the connection is closed because its body cannot be found", serr)
+			closeAfter = true
+		} else {
+			cl.bodySize = size
+			cl.body = &bodyReader{r: io.LimitReader(br, size), dr: dr, timeout: s.cfg.Limits.BodyTimeout}
 		}
-		cl.bodySize = size
-		cl.body = &bodyReader{r: io.LimitReader(br, size), dr: dr, timeout: s.cfg.Limits.BodyTimeout}
 	}
 	skipBody := func() (bool, error) {
 		if cl.body == nil {
@@ -629,6 +633,9 @@ func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadl
 	case !entry.allows(m.groups):
 		c.peer.entry = entry
 		herr = errorf(kindForbidden, "trust entry %q does not allow %s (allow=%s)", entry.Name, req.method, strings.Join(entry.Allow, ","))
+	case sizeErr != nil:
+		c.peer.entry = entry
+		herr = sizeErr
 	default:
 		c.peer.entry = entry
 		result, herr = m.fn(cl)

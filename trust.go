@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -437,9 +438,9 @@ func (s *trustStore) lookup(tp string, addr net.Addr, now time.Time) (*trustEntr
 
 const usageTrust = `
 Usage:
-  tentacle trust add [-home DIR] [-from CIDRS] [-allow GROUPS] [-expires DATE] THUMBPRINT|CERT.pem [NAME...]
-  tentacle trust remove [-home DIR] THUMBPRINT|NAME
-  tentacle trust list [-home DIR]
+  tentacle trust add [-home DIR] [-trust-file FILE] [-from CIDRS] [-allow GROUPS] [-expires DATE] THUMBPRINT|CERT.pem [NAME...]
+  tentacle trust remove [-home DIR] [-trust-file FILE] THUMBPRINT|NAME
+  tentacle trust list [-home DIR] [-trust-file FILE]
 
 Edits the trust list <home>/trusted_servers: the servers (clients) whose key
 this agent accepts. Changes take effect at once, without a restart; removing
@@ -466,6 +467,7 @@ func cmdTrust(args []string, stdout, stderr io.Writer) int {
 	sub := args[0]
 	fs := newFlagSet("trust "+sub, usageTrust, stderr)
 	home := homeFlag(fs)
+	trustFile := fs.String("trust-file", os.Getenv("TENTACLE_TRUST_FILE"), "edit this trust list `file` instead of <home>/trusted_servers (env TENTACLE_TRUST_FILE)")
 	var from, allow, expires *string
 	min, max := 0, 0
 	switch sub {
@@ -481,7 +483,7 @@ func cmdTrust(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	path := homeTrustPath(*home)
+	path := cmp.Or(*trustFile, homeTrustPath(*home))
 	if real, err := filepath.EvalSymlinks(path); err == nil {
 		path = real
 	}
