@@ -14,6 +14,7 @@ package main
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding"
 	"encoding/hex"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -608,14 +610,23 @@ func handleFileDownload(c *call) (any, error) {
 	size := fi.Size()
 	c.replyBody = func(w io.Writer) error {
 		defer f.Close()
-		return sendFile(w, f, size)
+		return sendFile(w, c.tc, f, size)
 	}
 	return map[string]any{"path": path, "size": size, "sha256": sha, "mode": fmt.Sprintf("%04o", fi.Mode().Perm())}, nil
 }
 
-// sendFile writes exactly size bytes of f to w in large writes, which a
-// bufio.Writer passes straight to the TLS connection.
-func sendFile(w io.Writer, f io.Reader, size int64) error {
+// sendFile writes exactly size bytes of f after what w holds: w is flushed,
+// then the file goes straight to the TLS connection tc in large batches.
+func sendFile(w io.Writer, tc *tls.Conn, f io.Reader, size int64) error {
+	if fl, ok := w.(interface{ Flush() error }); ok && tc != nil {
+		if err := fl.Flush(); err != nil {
+			return err
+		}
+		w = tc
+	}
+	b := batchOf(tc)
+	b.start()
+	defer b.end()
 	buf := getBuf()
 	defer putBuf(buf)
 	var sent int64
@@ -625,6 +636,9 @@ func sendFile(w io.Writer, f io.Reader, size int64) error {
 			if _, werr := w.Write((*buf)[:m]); werr != nil {
 				return werr
 			}
+			if werr := b.flush(); werr != nil {
+				return werr
+			}
 			sent += int64(m)
 		}
 		if err != nil {
@@ -632,6 +646,90 @@ func sendFile(w io.Writer, f io.Reader, size int64) error {
 		}
 	}
 	return nil
+}
+
+// batchConn lets a large body leave in large writes. TLS writes every
+// record (at most 16 KiB) with a syscall of its own; between start and end,
+// records are gathered and written a buffer at a time, which on a fast link
+// saves about a quarter of the CPU a transfer costs. The sender calls flush
+// after each large tls.Conn.Write, so nothing waits in the buffer.
+type batchConn struct {
+	net.Conn
+	mu  sync.Mutex // guards buf, the gathered records (nil when not batching)
+	buf *[]byte
+}
+
+// batchOf returns tc's batchConn, or nil (whose methods do nothing).
+func batchOf(tc *tls.Conn) *batchConn {
+	if tc == nil {
+		return nil
+	}
+	b, _ := tc.NetConn().(*batchConn)
+	return b
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf == nil {
+		return b.Conn.Write(p)
+	}
+	if len(*b.buf)+len(p) > cap(*b.buf) {
+		if err := b.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) > cap(*b.buf) {
+			return b.Conn.Write(p)
+		}
+	}
+	*b.buf = append(*b.buf, p...)
+	return len(p), nil
+}
+
+func (b *batchConn) start() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf == nil {
+		b.buf = getBuf()
+		*b.buf = (*b.buf)[:0]
+	}
+}
+
+func (b *batchConn) flush() error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.flushLocked()
+}
+
+func (b *batchConn) flushLocked() error {
+	if b.buf == nil || len(*b.buf) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(*b.buf)
+	*b.buf = (*b.buf)[:0]
+	return err
+}
+
+// end flushes and stops batching.
+func (b *batchConn) end() error {
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	err := b.flushLocked()
+	if b.buf != nil {
+		*b.buf = (*b.buf)[:cap(*b.buf)]
+		putBuf(b.buf)
+		b.buf = nil
+	}
+	return err
 }
 
 // packageResult is the answer of package.stat and package.upload.

@@ -9,6 +9,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -85,7 +86,12 @@ func (c *clientConn) callStream(method string, params any, body io.Reader, size 
 	if err := c.send(method, params, nil, 0); err != nil {
 		return err
 	}
-	readErr, writeErr := streamTo(c.tc, body, size, progress)
+	b := batchOf(c.tc)
+	b.start()
+	readErr, writeErr := streamTo(flushWriter{c.tc, b}, body, size, progress)
+	if err := b.end(); writeErr == nil {
+		writeErr = err
+	}
 	if readErr != nil {
 		return fmt.Errorf("failed to read what to send: %v", readErr)
 	}
@@ -98,6 +104,20 @@ func (c *clientConn) callStream(method string, params any, body io.Reader, size 
 		return fmt.Errorf("the connection broke while sending: %v", writeErr)
 	}
 	return c.receive(result)
+}
+
+// flushWriter writes to a TLS connection and then flushes its batch.
+type flushWriter struct {
+	tc *tls.Conn
+	b  *batchConn
+}
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.tc.Write(p)
+	if err == nil {
+		err = f.b.flush()
+	}
+	return n, err
 }
 
 // fileResult is the answer of file.upload, and the header of file.download.
