@@ -548,6 +548,7 @@ func cmdPush(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	const attempts = 4
+	broken := false // the last attempt lost its connection
 	for i := 1; ; i++ {
 		cc, err := o.dial(rest[0])
 		if err != nil {
@@ -557,10 +558,15 @@ func cmdPush(args []string, stdout, stderr io.Writer) int {
 		sent, err := pushOpen(cc, f, fi.Size(), sha, progress)
 		cc.Close()
 		var re *rpcError
-		if err != nil && !errors.As(err, &re) && i < attempts {
+		isRPC := errors.As(err, &re)
+		// After a broken connection the agent may not have noticed yet and
+		// still hold the upload (conflict): give it a moment, then resume.
+		if err != nil && i < attempts && (!isRPC || broken && re.Kind() == kindConflict) {
 			if progress != nil {
 				fmt.Fprintf(stderr, "tentacle push: %v; resuming\n", err)
 			}
+			broken = broken || !isRPC
+			time.Sleep(time.Duration(i) * 500 * time.Millisecond)
 			continue
 		}
 		if err != nil {
