@@ -265,11 +265,13 @@ func fmtStamp(dev, ino uint64, size, mtime, ctime int64) string {
 }
 
 // The streaming pipeline. A transfer holds at most xferBufs buffers of
-// xferBufSize: large reads amortise the per-call cost of TLS and the
-// syscalls, and a few in flight let the reader run ahead of the writer.
+// xferBufSize (2 MiB in all): large enough to amortise the per-call costs,
+// small enough that a buffer the reader just filled is still in the CPU's
+// cache when the writer hashes and writes it (measured: 256 KiB costs ~5%
+// less CPU than 1 MiB); several in flight let the reader run ahead.
 const (
-	xferBufSize = 1 << 20
-	xferBufs    = 4
+	xferBufSize = 256 << 10
+	xferBufs    = 8
 )
 
 var xferPool = sync.Pool{New: func() any { b := make([]byte, xferBufSize); return &b }}
