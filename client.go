@@ -109,7 +109,7 @@ func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Durati
 			return nil
 		},
 	}
-	tc := tls.Client(nc, conf)
+	tc := tls.Client(&batchConn{Conn: nc}, conf) // batchConn: large bodies leave in large writes
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		if shown != "" && shown != pin {

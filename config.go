@@ -171,6 +171,7 @@ func (c *config) workDir() string      { return filepath.Join(c.Home, "work") }
 func (c *config) filesDir() string     { return filepath.Join(c.Home, "files") }
 func (c *config) packagesDir() string  { return filepath.Join(c.Home, "packages") }
 func (c *config) appsDir() string      { return filepath.Join(c.Home, "apps") }
+func (c *config) uploadsDir() string   { return filepath.Join(c.Home, "uploads") } // journal of upload temporaries
 func (c *config) auditPath() string    { return filepath.Join(c.Home, "audit.log") }
 
 // writeFileAtomic makes path hold data, whole or not at all: a temporary

@@ -141,6 +141,10 @@ type call struct {
 	// declared right after the result line.
 	replyBody func(w io.Writer) error
 
+	// tc is the connection, for a replyBody that sends a large body in
+	// batches (see batchConn) once w is flushed.
+	tc *tls.Conn
+
 	// audit holds the key parameters a handler wants in the audit log: never
 	// file contents or variable values.
 	audit map[string]any
@@ -365,7 +369,7 @@ func (s *server) endStartup(src string) {
 // handle runs one connection: handshake, then the command loop.
 func (s *server) handle(nc net.Conn, src string) {
 	start := time.Now()
-	tc := tls.Server(nc, s.tlsConf)
+	tc := tls.Server(&batchConn{Conn: nc}, s.tlsConf) // batchConn: large reply bodies leave in large writes
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Limits.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -584,7 +588,7 @@ func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadl
 		return false, reply(nil, perr)
 	}
 	m, known := methods[req.method]
-	cl := &call{ctx: s.ctx, srv: s, peer: c.peer, method: req.method, params: req.params}
+	cl := &call{ctx: s.ctx, srv: s, peer: c.peer, method: req.method, params: req.params, tc: c.tc}
 
 	// Find the body first, so even a refused request keeps the stream in
 	// step. Without a readable size the stream cannot be kept in step: the
