@@ -1,0 +1,241 @@
+package main
+
+// rpc.go: what a method is and how it answers: error kinds, the method
+// registry, a request being handled (call), strict params decoding, and the
+// two methods every agent has, ping and info (PROTOCOL §4, §5).
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"reflect"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Error kinds and their JSON-RPC codes (PROTOCOL §4).
+const (
+	kindParse          = "parse_error"
+	kindInvalidRequest = "invalid_request"
+	kindMethodNotFound = "method_not_found"
+	kindInvalidParams  = "invalid_params"
+	kindInternal       = "internal"
+	kindNotFound       = "not_found"
+	kindConflict       = "conflict"
+	kindIntegrity      = "integrity"
+	kindTooLarge       = "too_large"
+	kindForbidden      = "forbidden"
+	kindIO             = "io"
+	kindRevoked        = "revoked"
+)
+
+var errorCodes = map[string]int{
+	kindParse: -32700, kindInvalidRequest: -32600, kindMethodNotFound: -32601,
+	kindInvalidParams: -32602, kindInternal: -32603, kindNotFound: 1001,
+	kindConflict: 1002, kindIntegrity: 1003, kindTooLarge: 1004,
+	kindForbidden: 1005, kindIO: 1006, kindRevoked: 1007,
+}
+
+// rpcError is an error with a protocol kind. Handlers return it for anything
+// a client should see; any other error is answered as "internal" and logged.
+type rpcError struct {
+	Code    int            `json:"code"`
+	Message string         `json:"message"`
+	Data    map[string]any `json:"data"`
+}
+
+func (e *rpcError) Error() string { return e.Message }
+
+// Kind is the error's data.kind.
+func (e *rpcError) Kind() string {
+	k, _ := e.Data["kind"].(string)
+	return k
+}
+
+// errorf makes an rpcError of kind with a message for a person.
+func errorf(kind, format string, args ...any) *rpcError {
+	return &rpcError{Code: errorCodes[kind], Message: fmt.Sprintf(format, args...), Data: map[string]any{"kind": kind}}
+}
+
+// ioError turns an OS error into the protocol's kind: a full disk is
+// too_large, a missing file not_found, anything else io.
+func ioError(err error) error {
+	var re *rpcError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &re):
+		return re
+	case errors.Is(err, os.ErrNotExist):
+		return errorf(kindNotFound, "%v", err)
+	case isDiskFull(err):
+		return errorf(kindTooLarge, "not enough disk space: %v", err)
+	default:
+		return errorf(kindIO, "%v", err)
+	}
+}
+
+// method is one protocol method.
+type method struct {
+	groups  []string // the allow= groups that may call it (any one suffices)
+	body    bool     // takes a body of params.size bytes
+	mutates bool     // changes something, so it is written to the audit log
+	fn      func(*call) (any, error)
+}
+
+// methods is filled by register calls from each concern's file at init.
+var methods = map[string]method{}
+
+func register(name string, m method) {
+	if _, dup := methods[name]; dup {
+		panic("method registered twice: " + name)
+	}
+	methods[name] = m
+}
+
+// methodNames returns the registered methods, sorted, for info.
+func methodNames() []string {
+	names := make([]string, 0, len(methods))
+	for n := range methods {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// peer is the trusted party on one connection.
+type peer struct {
+	addr       net.Addr
+	thumbprint string
+	entry      *trustEntry // as of the last check; re-checked on every request
+}
+
+// call is one request being handled.
+type call struct {
+	ctx    context.Context // cancelled when the agent shuts down
+	srv    *server
+	peer   *peer
+	method string
+	params json.RawMessage // always an object
+
+	// body reads the request's body (methods with body: true): at most
+	// bodySize bytes. What a handler leaves unread is discarded or closes the
+	// connection (PROTOCOL §3).
+	body     io.Reader
+	bodySize int64
+
+	// replyBody, when set by a handler, writes exactly the size its result
+	// declared right after the result line.
+	replyBody func(w io.Writer) error
+
+	// tc is the connection, for a replyBody that sends a large body in
+	// batches (see batchConn) once w is flushed.
+	tc *tls.Conn
+
+	// audit holds the key parameters a handler wants in the audit log: never
+	// file contents or variable values.
+	audit map[string]any
+}
+
+// decodeParams decodes c.params into v, a pointer to a struct whose json tags
+// name the fields. Keys match exactly; an unknown or mistyped field is
+// invalid_params naming it. encoding/json alone matches keys without regard to
+// case and ignores unknown ones, which the protocol forbids.
+func decodeParams(raw json.RawMessage, v any) error {
+	var m map[string]json.RawMessage
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return errorf(kindInvalidParams, "params must be an object")
+		}
+	}
+	rv := reflect.ValueOf(v).Elem()
+	rt := rv.Type()
+	fields := make(map[string]int, rt.NumField())
+	required := map[string]bool{}
+	for i := range rt.NumField() {
+		tag := rt.Field(i).Tag.Get("json")
+		name, opts, _ := strings.Cut(tag, ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		fields[name] = i
+		if strings.Contains(opts, "required") {
+			required[name] = true
+		}
+	}
+	for k, val := range m {
+		i, ok := fields[k]
+		if !ok {
+			return errorf(kindInvalidParams, "unknown field %q in params", k)
+		}
+		if err := json.Unmarshal(val, rv.Field(i).Addr().Interface()); err != nil {
+			return errorf(kindInvalidParams, "field %q: want %s", k, typeName(rt.Field(i).Type))
+		}
+		delete(required, k)
+	}
+	for k := range required {
+		return errorf(kindInvalidParams, "missing field %q in params", k)
+	}
+	return nil
+}
+
+// typeName describes a Go type the way a JSON user thinks of it.
+func typeName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Pointer:
+		return typeName(t.Elem())
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Int32, reflect.Uint, reflect.Uint64, reflect.Uint32:
+		return "an integer"
+	case reflect.Float64, reflect.Float32:
+		return "a number"
+	case reflect.Slice:
+		return "an array of " + strings.TrimPrefix(strings.TrimPrefix(typeName(t.Elem()), "a "), "an ") + "s"
+	case reflect.Map:
+		return "an object of " + strings.TrimPrefix(strings.TrimPrefix(typeName(t.Elem()), "a "), "an ") + "s"
+	}
+	return "another type"
+}
+
+func init() {
+	register("ping", method{groups: []string{"read"}, fn: func(c *call) (any, error) {
+		if err := decodeParams(c.params, &struct{}{}); err != nil {
+			return nil, err
+		}
+		return pong, nil
+	}})
+	register("info", method{groups: []string{"read"}, fn: handleInfo})
+}
+
+var pong = map[string]bool{"pong": true}
+
+func handleInfo(c *call) (any, error) {
+	if err := decodeParams(c.params, &struct{}{}); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	l := c.srv.cfg.Limits
+	return map[string]any{
+		"name": "tentacle", "version": versionString(), "protocol": 1, "methods": methodNames(),
+		"os": runtime.GOOS, "arch": runtime.GOARCH, "hostname": host, "home": c.srv.cfg.Home,
+		"uptime_s":   int64(time.Since(c.srv.started).Seconds()),
+		"thumbprint": c.srv.id.thumbprint,
+		"client":     map[string]string{"thumbprint": c.peer.thumbprint, "name": c.peer.entry.Name},
+		"shells":     availableShells(),
+		"limits": map[string]any{
+			"max_line": l.MaxLine, "max_body_discard": maxDiscard,
+			"handshake_timeout_s": l.HandshakeTimeout.Seconds(), "idle_timeout_s": l.IdleTimeout.Seconds(),
+			"body_timeout_s": l.BodyTimeout.Seconds(), "max_conns": l.MaxConns, "max_wait_ms": l.MaxWait.Milliseconds(),
+		},
+	}, nil
+}
