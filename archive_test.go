@@ -663,7 +663,7 @@ func benchAgainst(b *testing.B, format string, baseline func(pkg, dest string) *
 		}
 	}
 	b.StopTimer()
-	mo, me, mb, mbs := median(ours), median(extract), median(base), median(baseSync)
+	mo, me, mb, mbs := medianDur(ours), medianDur(extract), medianDur(base), medianDur(baseSync)
 	b.ReportMetric(float64(mo.Milliseconds()), "ours-ms")
 	b.ReportMetric(float64(mb.Milliseconds()), "baseline-ms")
 	b.ReportMetric(float64(mo)/float64(mb), "ratio")
@@ -672,7 +672,7 @@ func benchAgainst(b *testing.B, format string, baseline func(pkg, dest string) *
 		float64(mo)/float64(mb), float64(me)/float64(mb), float64(mo)/float64(mbs))
 }
 
-func median(d []time.Duration) time.Duration {
+func medianDur(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
