@@ -431,7 +431,11 @@ func (d *deployManager) run(j *job, spec deploySpec) (err error) {
 		if err != nil {
 			return err
 		}
-		j.logf("current -> %s (was %s)", name, orNone(prev))
+		if prev == "" {
+			j.logf("current -> %s (the app's first release)", name)
+		} else {
+			j.logf("current -> %s (was %s)", name, prev)
+		}
 		phase = "PostDeploy" + spec.ext
 		return d.script(j, spec, relDir, phase, env)
 	}()
@@ -592,8 +596,12 @@ func (d *deployManager) failedScript(j *job, spec deploySpec, relDir string, env
 		j.logf("running %s", name)
 		code, err = j.runProcess(argv, relDir, env)
 	} else {
-		j.logf("running %s (at most %s)", name, failedScriptLimit)
-		code, err = d.runOwnClock(j, argv, relDir, env, failedScriptLimit)
+		limit := failedScriptLimit
+		if errors.Is(context.Cause(j.context()), errAgentShutdown) {
+			limit = d.cfg.KillGrace // the agent is on its way out
+		}
+		j.logf("running %s (at most %s)", name, limit)
+		code, err = d.runOwnClock(j, argv, relDir, env, limit)
 	}
 	switch {
 	case err != nil:
