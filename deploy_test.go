@@ -7,6 +7,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -129,6 +130,11 @@ func TestDeployScriptsSuccess(t *testing.T) {
 		if !strings.Contains(agent, w) {
 			t.Errorf("log lacks %q:\n%s", w, agent)
 		}
+	}
+	// The audit log has the variables' names, never their values.
+	audit, _ := os.ReadFile(a.cfg.auditPath())
+	if !strings.Contains(string(audit), `"method":"deploy.start"`) || !strings.Contains(string(audit), `"variables":["GREETING"]`) || strings.Contains(string(audit), "quoted") {
+		t.Fatalf("audit log: %s", audit)
 	}
 	// The second deploy sees the first as its previous release.
 	st, logs = deploy(t, c, "shop", "1.1", scriptPkg(t, "1.1"), nil)
@@ -573,4 +579,61 @@ func TestDeployAgentKilled(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkDeployTarGz deploys a tar.gz of 10,000 small files (~100 MB, no
+// scripts) through a real agent, timed from deploy.start to the job's end,
+// beside tar -xzf of the same archive into a fresh folder, alternately.
+func BenchmarkDeployTarGz(b *testing.B) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		b.Skip("no tar to compare with")
+	}
+	pkg := benchArchive(b, formatTarGz)
+	a := startAgent(b)
+	c := a.dial(b)
+	sha, err := pushPackage(c, pkg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	apps := filepath.Join(a.home, "apps", "bench")
+	var ours, base []time.Duration
+	runOurs := func(i int) {
+		os.RemoveAll(filepath.Join(apps, strconv.Itoa(i-1)))
+		syncTree(a.home)
+		t0 := time.Now()
+		st, logs := followJob(b, c, startDeploy(b, c, map[string]any{"app": "bench", "version": strconv.Itoa(i), "package": sha, "retain": 1000}))
+		ours = append(ours, time.Since(t0))
+		if outcomeOf(st) != outcomeSuccess {
+			b.Fatalf("deploy: %v", logs)
+		}
+	}
+	runBase := func() {
+		d := filepath.Join(dir, "tar")
+		os.RemoveAll(d)
+		os.Mkdir(d, 0o755)
+		syncTree(dir)
+		t0 := time.Now()
+		if out, err := exec.Command("tar", "-xzf", pkg, "-C", d).CombinedOutput(); err != nil {
+			b.Fatalf("tar: %v\n%s", err, out)
+		}
+		base = append(base, time.Since(t0))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			runOurs(i)
+			runBase()
+		} else {
+			runBase()
+			runOurs(i)
+		}
+	}
+	b.StopTimer()
+	mo, mb := medianDur(ours), medianDur(base)
+	b.ReportMetric(float64(mo.Milliseconds()), "deploy-ms")
+	b.ReportMetric(float64(mb.Milliseconds()), "tar-ms")
+	b.ReportMetric(float64(mo)/float64(mb), "ratio")
+	b.Logf("deploy of 10,000 files (no scripts, incl. syncfs, current switch, metadata): %v; tar -xzf: %v; ratio %.2f (medians of %d)",
+		mo.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mo)/float64(mb), len(ours))
 }
