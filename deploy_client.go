@@ -1,0 +1,273 @@
+package main
+
+// deploy_client.go: the deploy, releases and rollback commands.
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+const usageDeploy = `
+Usage:
+  tentacle deploy [-home DIR] -pin THUMBPRINT [-proxy URL] [-var NAME=VALUE]...
+                  [-retain N] [-timeout D] [-shell S] [-format F]
+                  ADDR APP VERSION PACKAGE-FILE
+
+Deploys PACKAGE-FILE (zip, tar or tar.gz) as release VERSION of APP on the
+agent at ADDR: the package goes into the agent's cache first (not sent again
+if it is there, resumed if a push was cut), then the agent extracts it into
+<home>/apps/APP/VERSION, runs the package's PreDeploy.sh and Deploy.sh,
+points <home>/apps/APP/current at it, and runs PostDeploy.sh. The deploy's
+log is printed as it runs. On any failure current stays at the previous
+release and DeployFailed.sh runs.
+
+Exit code: 0 when deployed; 1 when it failed (the failing phase is named);
+124 on timeout; 130 when cancelled (Ctrl-C cancels the deploy); 255 when it
+could not be started or followed.
+
+Example:
+  tentacle deploy -pin 5B01…9A -var DB_HOST=db1 web1 shop 1.4.0 shop-1.4.0.tar.gz
+`
+
+const usageReleases = `
+Usage:
+  tentacle releases [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR [APP]
+
+Lists APP's releases on the agent at ADDR, oldest first, "*" marking
+current; without APP, lists the apps and their current release.
+
+Example:
+  tentacle releases -pin 5B01…9A web1 shop
+`
+
+const usageRollback = `
+Usage:
+  tentacle rollback [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR APP [RELEASE]
+
+Points APP's current at RELEASE (default: the newest successful release
+before the current one), atomically. No script runs. A failed or missing
+release is refused.
+
+Example:
+  tentacle rollback -pin 5B01…9A web1 shop
+  tentacle rollback -pin 5B01…9A web1 shop 1.3.2
+`
+
+// varList collects -var NAME=VALUE flags.
+type varList map[string]string
+
+func (v varList) String() string { return "" }
+
+func (v varList) Set(s string) error {
+	k, val, ok := strings.Cut(s, "=")
+	if !ok || !varRE.MatchString(k) {
+		return fmt.Errorf("want NAME=VALUE with NAME of A-Z a-z 0-9 _, not %q", s)
+	}
+	v[k] = val
+	return nil
+}
+
+func cmdDeploy(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("deploy", usageDeploy, stderr)
+	o := addClientFlags(fs)
+	vars := varList{}
+	fs.Var(vars, "var", "set `NAME=VALUE` in the scripts' environment (repeatable)")
+	retain := fs.Int("retain", 5, "keep this many newest releases")
+	timeout := fs.Duration("timeout", 0, "stop the deploy after this `duration` (default none)")
+	shell := fs.String("shell", "", "interpreter for the package's scripts: sh (default), bash, pwsh, or an absolute `path`")
+	format := fs.String("format", "", "the package's `format`: zip, tar or tar.gz (default: recognised from its bytes)")
+	rest, code, ok := parseFlags(fs, args, 4, 4)
+	if !ok {
+		return code
+	}
+	if *retain < 1 {
+		_, code, _ := usageError(fs, "-retain must be at least 1")
+		return code
+	}
+	if *timeout < 0 {
+		_, code, _ := usageError(fs, "-timeout must not be negative")
+		return code
+	}
+	addr, app, version, file := rest[0], rest[1], rest[2], rest[3]
+	for _, n := range [][2]string{{"APP", app}, {"VERSION", version}} {
+		if !nameRE.MatchString(n[1]) {
+			_, code, _ := usageError(fs, "%s %q: want 1 to 64 of A-Z a-z 0-9 . _ -, not starting with \".\"", n[0], n[1])
+			return code
+		}
+	}
+	cc, err := o.dial(addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle deploy: %v\n", err)
+		return exitNoJob
+	}
+	f := &follower{o: o, addr: addr, cmd: "deploy", stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
+	f.setConn(cc)
+	defer f.close()
+	sha, err := pushPackage(cc, file, progressTo(stderr))
+	if err != nil {
+		clientFailed(stderr, "deploy", fmt.Errorf("failed to push %q: %w", file, err))
+		return exitNoJob
+	}
+	params := map[string]any{"app": app, "version": version, "package": sha, "retain": *retain}
+	if len(vars) > 0 {
+		params["variables"] = map[string]string(vars)
+	}
+	if *timeout > 0 {
+		params["timeout_s"] = timeout.Seconds()
+	}
+	if *shell != "" {
+		params["shell"] = *shell
+	}
+	if *format != "" {
+		params["format"] = *format
+	}
+	var started struct {
+		Ticket string `json:"ticket"`
+		State  string `json:"state"`
+	}
+	if err := cc.call("deploy.start", params, &started); err != nil {
+		clientFailed(stderr, "deploy", err)
+		return exitNoJob
+	}
+	f.ticket = started.Ticket
+	if started.State == stateQueued {
+		fmt.Fprintf(stderr, "tentacle deploy: job %s queued behind another deploy of %s\n", f.ticket, app)
+	}
+	stopSignals := f.handleInterrupt()
+	defer stopSignals()
+	st, err := f.follow()
+	if err != nil {
+		f.flush()
+		return f.failed(err)
+	}
+	if err := f.complete(); err != nil {
+		fmt.Fprintf(f.stderr, "tentacle deploy: job %s finished but could not be completed: %v\n", f.ticket, err)
+	}
+	var res struct {
+		Release string  `json:"release"`
+		Current *string `json:"current"`
+		Phase   string  `json:"phase"`
+		Error   string  `json:"error"`
+	}
+	json.Unmarshal(st.Result, &res)
+	outcome := ""
+	if st.Outcome != nil {
+		outcome = *st.Outcome
+	}
+	cur := "(none)"
+	if res.Current != nil {
+		cur = *res.Current
+	}
+	code = 0
+	switch outcome {
+	case outcomeSuccess:
+		fmt.Fprintf(f.stdout, "deployed %s %s as release %s: current -> %s\n", app, version, res.Release, cur)
+	case outcomeFailed:
+		code = 1
+		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s failed at %s: %s; current is %s\n", app, version, orUnknown(res.Phase), orUnknown(res.Error), cur)
+	default:
+		code, _ = jobExitCode(st)
+		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s %s at %s; current is %s\n", app, version, strings.ReplaceAll(outcome, "_", " "), orUnknown(res.Phase), cur)
+	}
+	f.flush()
+	return code
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "an unknown point"
+	}
+	return s
+}
+
+func cmdReleases(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("releases", usageReleases, stderr)
+	o := addClientFlags(fs)
+	rest, code, ok := parseFlags(fs, args, 1, 2)
+	if !ok {
+		return code
+	}
+	cc, err := o.dial(rest[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle releases: %v\n", err)
+		return 1
+	}
+	defer cc.Close()
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	if len(rest) == 1 {
+		var r struct {
+			Apps []appInfo `json:"apps"`
+		}
+		if err := cc.call("deploy.list", nil, &r); err != nil {
+			return clientFailed(stderr, "releases", err)
+		}
+		fmt.Fprintln(tw, "APP\tCURRENT")
+		for _, a := range r.Apps {
+			cur := "-"
+			if a.Current != nil {
+				cur = *a.Current
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", a.App, cur)
+		}
+		return 0
+	}
+	var r struct {
+		Releases []releaseInfo `json:"releases"`
+	}
+	if err := cc.call("deploy.list", map[string]string{"app": rest[1]}, &r); err != nil {
+		return clientFailed(stderr, "releases", err)
+	}
+	fmt.Fprintln(tw, "\tRELEASE\tVERSION\tDEPLOYED\tOUTCOME\tPACKAGE")
+	for _, rel := range r.Releases {
+		mark := ""
+		if rel.Current {
+			mark = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", mark, rel.Release, rel.Version, rel.Deployed, rel.Outcome, shortSHA(rel.Package))
+	}
+	return 0
+}
+
+func shortSHA(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+func cmdRollback(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("rollback", usageRollback, stderr)
+	o := addClientFlags(fs)
+	rest, code, ok := parseFlags(fs, args, 2, 3)
+	if !ok {
+		return code
+	}
+	params := map[string]string{"app": rest[1]}
+	if len(rest) == 3 {
+		params["to"] = rest[2]
+	}
+	cc, err := o.dial(rest[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle rollback: %v\n", err)
+		return 1
+	}
+	defer cc.Close()
+	var r struct {
+		Current  string  `json:"current"`
+		Previous *string `json:"previous"`
+	}
+	if err := cc.call("deploy.rollback", params, &r); err != nil {
+		return clientFailed(stderr, "rollback", err)
+	}
+	prev := "(none)"
+	if r.Previous != nil {
+		prev = *r.Previous
+	}
+	fmt.Fprintf(stdout, "%s: current -> %s (was %s)\n", rest[1], r.Current, prev)
+	return 0
+}

@@ -1,0 +1,639 @@
+package main
+
+// deploy_test.go: deploys through a real agent over real TLS, with packages
+// made in the tests: scripts and their variables, current on success and on
+// every kind of failure, retention, rollback, queueing, the CLI, and the
+// agent killed mid-deploy.
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// scriptPkg is a package whose four scripts append their name (and the
+// variables) to $TENTACLE_SHARED_DIR/trace; fail names scripts that exit 3.
+func scriptPkg(t testing.TB, version string, fail ...string) []byte {
+	t.Helper()
+	var entries []tEntry
+	for _, s := range []string{"PreDeploy.sh", "Deploy.sh", "PostDeploy.sh", "DeployFailed.sh"} {
+		body := `echo "` + s + ` $TENTACLE_VERSION" >> "$TENTACLE_SHARED_DIR/trace"` + "\n"
+		if s == "Deploy.sh" {
+			body += `printf '%s|%s|%s|%s|%s|%s|%s\n' "$GREETING" "$TENTACLE_APP" "$TENTACLE_VERSION" "$TENTACLE_RELEASE_DIR" "$TENTACLE_PREVIOUS_RELEASE_DIR" "$TENTACLE_SHARED_DIR" "$(pwd)" > "$TENTACLE_SHARED_DIR/vars"` + "\n"
+		}
+		if slices.Contains(fail, s) {
+			body += "echo " + s + " fails >&2; exit 3\n"
+		}
+		entries = append(entries, file(s, body))
+	}
+	entries = append(entries, file("VERSION", version+"\n"))
+	return gz(t, makeTar(t, entries))
+}
+
+// push puts pkg in the agent's cache and returns its digest.
+func push(t testing.TB, c *clientConn, pkg []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "pkg")
+	if err := os.WriteFile(p, pkg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sha, err := pushPackage(c, p, nil)
+	if err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	return sha
+}
+
+// startDeploy starts a deploy and returns its ticket.
+func startDeploy(t testing.TB, c *clientConn, params map[string]any) string {
+	t.Helper()
+	var r struct {
+		Ticket string `json:"ticket"`
+		State  string `json:"state"`
+	}
+	if err := c.call("deploy.start", params, &r); err != nil {
+		t.Fatalf("deploy.start: %v", err)
+	}
+	return r.Ticket
+}
+
+// deploy pushes pkg and deploys it as app version, to its end.
+func deploy(t testing.TB, c *clientConn, app, version string, pkg []byte, extra map[string]any) (*statusReply, []logEntry) {
+	t.Helper()
+	params := map[string]any{"app": app, "version": version, "package": push(t, c, pkg)}
+	for k, v := range extra {
+		params[k] = v
+	}
+	return followJob(t, c, startDeploy(t, c, params))
+}
+
+// listing is deploy.list's answer for one app.
+type listing struct {
+	App      string        `json:"app"`
+	Current  *string       `json:"current"`
+	Releases []releaseInfo `json:"releases"`
+}
+
+func list(t testing.TB, c *clientConn, app string) listing {
+	t.Helper()
+	var l listing
+	if err := c.call("deploy.list", map[string]any{"app": app}, &l); err != nil {
+		t.Fatalf("deploy.list: %v", err)
+	}
+	return l
+}
+
+// current reads <home>/apps/<app>/current as the file system sees it.
+func current(t testing.TB, home, app string) string {
+	t.Helper()
+	target, err := os.Readlink(filepath.Join(home, "apps", app, "current"))
+	if err != nil {
+		return ""
+	}
+	return target
+}
+
+func readTrace(t testing.TB, home, app string) []string {
+	b, _ := os.ReadFile(filepath.Join(home, "apps", app, "shared", "trace"))
+	return strings.Fields(strings.ReplaceAll(string(b), "\n", " "))
+}
+
+func TestDeployScriptsSuccess(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	c := a.dial(t)
+	// A value that would break out if it were pasted into script text.
+	greeting := `it's "quoted" $HOME; exit 9`
+	st, logs := deploy(t, c, "shop", "1.0", scriptPkg(t, "1.0"), map[string]any{"variables": map[string]string{"GREETING": greeting}})
+	if outcomeOf(st) != outcomeSuccess {
+		t.Fatalf("outcome %s: %v", outcomeOf(st), logs)
+	}
+	if got := readTrace(t, a.home, "shop"); !slices.Equal(got, []string{"PreDeploy.sh", "1.0", "Deploy.sh", "1.0", "PostDeploy.sh", "1.0"}) {
+		t.Fatalf("scripts ran %q", got)
+	}
+	rel := filepath.Join(a.home, "apps", "shop", "1.0")
+	vars, _ := os.ReadFile(filepath.Join(a.home, "apps", "shop", "shared", "vars"))
+	want := strings.Join([]string{greeting, "shop", "1.0", rel, "", filepath.Join(a.home, "apps", "shop", "shared"), rel}, "|") + "\n"
+	if string(vars) != want {
+		t.Fatalf("variables seen by Deploy.sh:\n got %q\nwant %q", vars, want)
+	}
+	if current(t, a.home, "shop") != "1.0" {
+		t.Fatalf("current = %q", current(t, a.home, "shop"))
+	}
+	agent := strings.Join(texts(logs, "agent"), "\n")
+	for _, w := range []string{"extracting package", "running PreDeploy.sh", "running Deploy.sh", "current -> 1.0", "running PostDeploy.sh"} {
+		if !strings.Contains(agent, w) {
+			t.Errorf("log lacks %q:\n%s", w, agent)
+		}
+	}
+	// The audit log has the variables' names, never their values.
+	audit, _ := os.ReadFile(a.cfg.auditPath())
+	if !strings.Contains(string(audit), `"method":"deploy.start"`) || !strings.Contains(string(audit), `"variables":["GREETING"]`) || strings.Contains(string(audit), "quoted") {
+		t.Fatalf("audit log: %s", audit)
+	}
+	// The second deploy sees the first as its previous release.
+	st, logs = deploy(t, c, "shop", "1.1", scriptPkg(t, "1.1"), nil)
+	if outcomeOf(st) != outcomeSuccess || current(t, a.home, "shop") != "1.1" {
+		t.Fatalf("1.1: %s, current %q: %v", outcomeOf(st), current(t, a.home, "shop"), logs)
+	}
+	vars, _ = os.ReadFile(filepath.Join(a.home, "apps", "shop", "shared", "vars"))
+	if !strings.Contains(string(vars), "|"+rel+"|") {
+		t.Fatalf("TENTACLE_PREVIOUS_RELEASE_DIR not the 1.0 release: %q", vars)
+	}
+	// The same version again gets its own folder.
+	deploy(t, c, "shop", "1.1", scriptPkg(t, "1.1"), nil)
+	l := list(t, c, "shop")
+	var names []string
+	for _, r := range l.Releases {
+		names = append(names, r.Release+":"+r.Outcome)
+	}
+	if !slices.Equal(names, []string{"1.0:success", "1.1:success", "1.1_1:success"}) || *l.Current != "1.1_1" || !l.Releases[2].Current {
+		t.Fatalf("deploy.list = %+v", l)
+	}
+}
+
+// TestDeployFailureKeepsCurrent: each kind of failure leaves current at the
+// previous release, runs DeployFailed.sh when the package was extracted, and
+// records the release's outcome.
+func TestDeployFailureKeepsCurrent(t *testing.T) {
+	needSh(t)
+	slow := gz(t, makeTar(t, []tEntry{
+		file("Deploy.sh", `echo "$$" > "$TENTACLE_SHARED_DIR/pid"; echo Deploy.sh >> "$TENTACLE_SHARED_DIR/trace"; sleep 30`),
+		file("DeployFailed.sh", `echo "DeployFailed.sh $TENTACLE_VERSION" >> "$TENTACLE_SHARED_DIR/trace"`),
+	}))
+	tests := []struct {
+		name    string
+		pkg     []byte
+		params  map[string]any
+		cancel  bool
+		outcome string
+		phase   string
+		trace   []string // after the first deploy's lines
+	}{
+		{"PreDeploy fails", scriptPkg(t, "2", "PreDeploy.sh"), nil, false, outcomeFailed, "PreDeploy.sh",
+			[]string{"PreDeploy.sh", "2", "DeployFailed.sh", "2"}},
+		{"Deploy fails", scriptPkg(t, "2", "Deploy.sh"), nil, false, outcomeFailed, "Deploy.sh",
+			[]string{"PreDeploy.sh", "2", "Deploy.sh", "2", "DeployFailed.sh", "2"}},
+		{"PostDeploy fails after the switch", scriptPkg(t, "2", "PostDeploy.sh"), nil, false, outcomeFailed, "PostDeploy.sh",
+			[]string{"PreDeploy.sh", "2", "Deploy.sh", "2", "PostDeploy.sh", "2", "DeployFailed.sh", "2"}},
+		{"refused entry", gz(t, makeTar(t, []tEntry{file("DeployFailed.sh", "echo no"), file("../escape", "x")})), nil, false, outcomeFailed, "extract", nil},
+		{"too large", gz(t, makeTar(t, []tEntry{file("big", strings.Repeat("x", 2<<20))})), nil, false, outcomeFailed, "extract", nil},
+		{"corrupt", []byte("not a package at all"), nil, false, outcomeFailed, "extract", nil},
+		{"timeout", slow, map[string]any{"timeout_s": 0.5}, false, outcomeTimedOut, "Deploy.sh", []string{"Deploy.sh", "DeployFailed.sh", "2"}},
+		{"cancel", slow, nil, true, outcomeCancelled, "Deploy.sh", []string{"Deploy.sh", "DeployFailed.sh", "2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := startAgent(t, func(c *config) { c.ExtractMaxSize = 1 << 20; c.KillGrace = 500 * time.Millisecond })
+			c := a.dial(t)
+			if st, logs := deploy(t, c, "app", "1", scriptPkg(t, "1"), nil); outcomeOf(st) != outcomeSuccess {
+				t.Fatalf("first deploy: %v", logs)
+			}
+			params := map[string]any{"app": "app", "version": "2", "package": push(t, c, tt.pkg)}
+			for k, v := range tt.params {
+				params[k] = v
+			}
+			ticket := startDeploy(t, c, params)
+			if tt.cancel {
+				waitFor(t, "Deploy.sh to start", 10*time.Second, func() bool {
+					_, err := os.Stat(filepath.Join(a.home, "apps", "app", "shared", "pid"))
+					return err == nil
+				})
+				if err := c.call("job.cancel", map[string]any{"ticket": ticket}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st, logs := followJob(t, c, ticket)
+			if outcomeOf(st) != tt.outcome {
+				t.Fatalf("outcome %s, want %s: %v", outcomeOf(st), tt.outcome, logs)
+			}
+			if cur := current(t, a.home, "app"); cur != "1" {
+				t.Fatalf("current = %q, want 1", cur)
+			}
+			if got := readTrace(t, a.home, "app")[6:]; !slices.Equal(got, tt.trace) {
+				t.Fatalf("scripts after the first deploy: %q, want %q", got, tt.trace)
+			}
+			if !strings.Contains(string(st.Result), `"phase":"`+tt.phase+`"`) || !strings.Contains(string(st.Result), `"current":"1"`) {
+				t.Fatalf("result = %s, want phase %s", st.Result, tt.phase)
+			}
+			l := list(t, c, "app")
+			if len(l.Releases) != 2 || l.Releases[1].Outcome != tt.outcome || *l.Current != "1" {
+				t.Fatalf("deploy.list = %+v", l)
+			}
+			if _, err := os.Stat(filepath.Join(a.home, "apps", "escape")); err == nil {
+				t.Fatal("an entry escaped the release")
+			}
+			// Still serving, and a good deploy goes through.
+			if st, logs := deploy(t, c, "app", "3", scriptPkg(t, "3"), nil); outcomeOf(st) != outcomeSuccess || current(t, a.home, "app") != "3" {
+				t.Fatalf("deploy after the failure: %s %v", outcomeOf(st), logs)
+			}
+		})
+	}
+}
+
+func TestDeployExecBit(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	c := a.dial(t)
+	pkg := gz(t, makeTar(t, []tEntry{
+		{name: "bin/tool", body: "#!/bin/sh\necho tool ran\n", mode: 0o755},
+		file("Deploy.sh", "./bin/tool"),
+	}))
+	st, logs := deploy(t, c, "tools", "1", pkg, nil)
+	if outcomeOf(st) != outcomeSuccess || !slices.Contains(texts(logs, "stdout"), "tool ran") {
+		t.Fatalf("%s: %v", outcomeOf(st), logs)
+	}
+	// The same from a zip.
+	pkg = makeZip(t, []tEntry{{name: "bin/tool", body: "#!/bin/sh\necho zip tool ran\n", mode: 0o755}, file("Deploy.sh", "./bin/tool")})
+	st, logs = deploy(t, c, "tools", "2", pkg, nil)
+	if outcomeOf(st) != outcomeSuccess || !slices.Contains(texts(logs, "stdout"), "zip tool ran") {
+		t.Fatalf("zip: %s: %v", outcomeOf(st), logs)
+	}
+}
+
+func TestDeployRetention(t *testing.T) {
+	needSh(t)
+	a := startAgent(t, func(c *config) { c.PackageGrace = 0 })
+	c := a.dial(t)
+	var shas []string
+	for _, v := range []string{"1", "2", "3", "4"} {
+		pkg := scriptPkg(t, v)
+		shas = append(shas, push(t, c, pkg))
+		st, logs := deploy(t, c, "web", v, pkg, map[string]any{"retain": 2})
+		if outcomeOf(st) != outcomeSuccess {
+			t.Fatalf("%s: %v", v, logs)
+		}
+	}
+	l := list(t, c, "web")
+	if len(l.Releases) != 2 || l.Releases[0].Release != "3" || l.Releases[1].Release != "4" {
+		t.Fatalf("kept %+v, want 3 and 4", l.Releases)
+	}
+	for i, sha := range shas {
+		var ps struct {
+			Present bool `json:"present"`
+		}
+		if err := c.call("package.stat", map[string]any{"sha256": sha}, &ps); err != nil {
+			t.Fatal(err)
+		}
+		if ps.Present != (i >= 2) {
+			t.Errorf("package of release %d present = %v", i+1, ps.Present)
+		}
+		_, err := os.Stat(filepath.Join(a.home, "apps", "web", string(rune('1'+i))))
+		if (err == nil) != (i >= 2) {
+			t.Errorf("folder of release %d: %v", i+1, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(a.home, "apps", "web", "shared", "trace")); err != nil {
+		t.Fatalf("shared was touched: %v", err)
+	}
+	// With retain 1 and a failed deploy, current (an older release) stays.
+	st, _ := deploy(t, c, "web", "5", scriptPkg(t, "5", "Deploy.sh"), map[string]any{"retain": 1})
+	l = list(t, c, "web")
+	if outcomeOf(st) != outcomeFailed || len(l.Releases) != 2 || l.Releases[0].Release != "4" || !l.Releases[0].Current || l.Releases[1].Outcome != outcomeFailed {
+		t.Fatalf("after a failed deploy with retain 1: %+v", l)
+	}
+}
+
+func TestDeployRollback(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	c := a.dial(t)
+	deploy(t, c, "api", "1", scriptPkg(t, "1"), nil)
+	deploy(t, c, "api", "2", scriptPkg(t, "2"), nil)
+	deploy(t, c, "api", "3", scriptPkg(t, "3", "Deploy.sh"), nil) // failed
+	deploy(t, c, "api", "4", scriptPkg(t, "4"), nil)
+	trace := len(readTrace(t, a.home, "api"))
+	tests := []struct {
+		name, to, want, kind, previous string
+	}{
+		{"default: the newest success before current", "", "2", "", "4"},
+		{"again skips nothing newer", "", "1", "", "2"},
+		{"nothing earlier", "", "", kindNotFound, ""},
+		{"forward to a named release", "4", "4", "", "1"},
+		{"a failed release", "3", "", kindConflict, ""},
+		{"a missing release", "9", "", kindNotFound, ""},
+		{"a bad name", "../1", "", kindNotFound, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			params := map[string]any{"app": "api"}
+			if tt.to != "" {
+				params["to"] = tt.to
+			}
+			var r struct {
+				Current  string `json:"current"`
+				Previous string `json:"previous"`
+			}
+			before := current(t, a.home, "api")
+			err := c.call("deploy.rollback", params, &r)
+			if rpcKind(err) != tt.kind {
+				t.Fatalf("err = %v, want kind %q", err, tt.kind)
+			}
+			if err != nil {
+				if current(t, a.home, "api") != before {
+					t.Fatal("current moved on a refused rollback")
+				}
+				return
+			}
+			if r.Current != tt.want || r.Previous != tt.previous || current(t, a.home, "api") != tt.want {
+				t.Fatalf("rollback = %+v, current %q; want %s (was %s)", r, current(t, a.home, "api"), tt.want, tt.previous)
+			}
+		})
+	}
+	if len(readTrace(t, a.home, "api")) != trace {
+		t.Fatal("rollback ran a script")
+	}
+	if err := c.call("deploy.rollback", map[string]any{"app": "nope"}, nil); rpcKind(err) != kindNotFound {
+		t.Fatalf("rollback of an unknown app: %v", err)
+	}
+}
+
+func TestDeployBadParams(t *testing.T) {
+	a := startAgent(t)
+	c := a.dial(t)
+	sha := push(t, c, scriptPkg(t, "1"))
+	tests := []struct {
+		name   string
+		params map[string]any
+		kind   string
+		msg    string
+	}{
+		{"no app", map[string]any{"version": "1", "package": sha}, kindInvalidParams, `"app"`},
+		{"bad app", map[string]any{"app": "../x", "version": "1", "package": sha}, kindInvalidParams, `"../x"`},
+		{"dot app", map[string]any{"app": ".hidden", "version": "1", "package": sha}, kindInvalidParams, "starting"},
+		{"long version", map[string]any{"app": "a", "version": strings.Repeat("v", 65), "package": sha}, kindInvalidParams, "64"},
+		{"reserved version", map[string]any{"app": "a", "version": "current", "package": sha}, kindInvalidParams, "reserved"},
+		{"bad variable", map[string]any{"app": "a", "version": "1", "package": sha, "variables": map[string]string{"1X": "y"}}, kindInvalidParams, `"1X"`},
+		{"agent variable", map[string]any{"app": "a", "version": "1", "package": sha, "variables": map[string]string{"TENTACLE_APP": "y"}}, kindInvalidParams, "TENTACLE_"},
+		{"unknown package", map[string]any{"app": "a", "version": "1", "package": strings.Repeat("ab", 32)}, kindNotFound, "push it first"},
+		{"bad package", map[string]any{"app": "a", "version": "1", "package": "xyz"}, kindInvalidParams, "SHA-256"},
+		{"bad format", map[string]any{"app": "a", "version": "1", "package": sha, "format": "rar"}, kindInvalidParams, `"rar"`},
+		{"retain 0", map[string]any{"app": "a", "version": "1", "package": sha, "retain": 0}, kindInvalidParams, "retain"},
+		{"bad shell", map[string]any{"app": "a", "version": "1", "package": sha, "shell": "fish-nope"}, kindInvalidParams, "shell"},
+		{"negative timeout", map[string]any{"app": "a", "version": "1", "package": sha, "timeout_s": -1}, kindInvalidParams, "timeout_s"},
+		{"unknown field", map[string]any{"app": "a", "version": "1", "package": sha, "env": map[string]string{}}, kindInvalidParams, `"env"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := c.call("deploy.start", tt.params, nil)
+			if rpcKind(err) != tt.kind || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("err = %v, want %s naming %s", err, tt.kind, tt.msg)
+			}
+		})
+	}
+	if err := c.call("deploy.list", map[string]any{"app": "nope"}, nil); rpcKind(err) != kindNotFound {
+		t.Fatalf("deploy.list of an unknown app: %v", err)
+	}
+	var apps struct {
+		Apps []appInfo `json:"apps"`
+	}
+	if err := c.call("deploy.list", nil, &apps); err != nil || len(apps.Apps) != 0 {
+		t.Fatalf("deploy.list = %+v, %v (nothing was deployed)", apps, err)
+	}
+}
+
+// TestDeployQueueAndParallel: a second deploy of one app waits for the
+// first; a deploy of another app runs meanwhile.
+func TestDeployQueueAndParallel(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	c := a.dial(t)
+	gate := filepath.Join(t.TempDir(), "go")
+	blocking := gz(t, makeTar(t, []tEntry{file("Deploy.sh",
+		`echo "start $TENTACLE_APP $TENTACLE_VERSION" >> "$GATE.log"; while [ ! -e "$GATE" ]; do sleep 0.02; done; echo "end $TENTACLE_APP $TENTACLE_VERSION" >> "$GATE.log"`)}))
+	sha := push(t, c, blocking)
+	vars := map[string]string{"GATE": gate}
+	t1 := startDeploy(t, c, map[string]any{"app": "one", "version": "1", "package": sha, "variables": vars})
+	waitFor(t, "one 1 to start", 10*time.Second, func() bool { b, _ := os.ReadFile(gate + ".log"); return strings.Contains(string(b), "start one 1") })
+	t2 := startDeploy(t, c, map[string]any{"app": "one", "version": "2", "package": sha, "variables": vars})
+	t3 := startDeploy(t, c, map[string]any{"app": "two", "version": "1", "package": sha, "variables": vars})
+	waitFor(t, "two 1 to start beside one 1", 10*time.Second, func() bool { b, _ := os.ReadFile(gate + ".log"); return strings.Contains(string(b), "start two 1") })
+	if st := statusOf(t, c, t2); st.State != stateQueued {
+		t.Fatalf("second deploy of one app is %s, want queued", st.State)
+	}
+	os.WriteFile(gate, nil, 0o644)
+	for _, tk := range []string{t1, t2, t3} {
+		if st, logs := followJob(t, c, tk); outcomeOf(st) != outcomeSuccess {
+			t.Fatalf("%s: %v", tk, logs)
+		}
+	}
+	b, _ := os.ReadFile(gate + ".log")
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	i1, i2 := slices.Index(lines, "end one 1"), slices.Index(lines, "start one 2")
+	if i1 < 0 || i2 < i1 {
+		t.Fatalf("one 2 started before one 1 ended: %q", lines)
+	}
+	if current(t, a.home, "one") != "2" || current(t, a.home, "two") != "1" {
+		t.Fatal("wrong current after the queue")
+	}
+}
+
+func TestDeployCLI(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	pkgFile := filepath.Join(t.TempDir(), "shop.tar.gz")
+	os.WriteFile(pkgFile, scriptPkg(t, "1"), 0o644)
+	out, errOut, code := a.cli("deploy", "-var", "GREETING=hi there", a.addr, "shop", "1.0", pkgFile)
+	if code != 0 || !strings.Contains(out, "deployed shop 1.0 as release 1.0: current -> 1.0") {
+		t.Fatalf("deploy: code %d\n%s\n%s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "tentacle: running Deploy.sh") {
+		t.Fatalf("log not streamed: %s", errOut)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.tar.gz")
+	os.WriteFile(bad, scriptPkg(t, "2", "Deploy.sh"), 0o644)
+	out, errOut, code = a.cli("deploy", a.addr, "shop", "2.0", bad)
+	if code != 3 && code != 1 || !strings.Contains(errOut, "failed at Deploy.sh") || !strings.Contains(errOut, "current is 1.0") {
+		t.Fatalf("failed deploy: code %d\n%s\n%s", code, out, errOut)
+	}
+	os.WriteFile(pkgFile, scriptPkg(t, "3"), 0o644)
+	if _, errOut, code = a.cli("deploy", a.addr, "shop", "3.0", pkgFile); code != 0 {
+		t.Fatalf("deploy 3.0: %s", errOut)
+	}
+	out, _, code = a.cli("releases", a.addr, "shop")
+	if code != 0 || !strings.Contains(out, "*  3.0") || !strings.Contains(out, "2.0      2.0") || !strings.Contains(out, "failed") {
+		t.Fatalf("releases:\n%s", out)
+	}
+	out, _, code = a.cli("releases", a.addr)
+	if code != 0 || !strings.Contains(out, "shop  3.0") {
+		t.Fatalf("releases (apps):\n%s", out)
+	}
+	out, errOut, code = a.cli("rollback", a.addr, "shop")
+	if code != 0 || strings.TrimSpace(out) != "shop: current -> 1.0 (was 3.0)" {
+		t.Fatalf("rollback: %d %q %q", code, out, errOut)
+	}
+	_, errOut, code = a.cli("rollback", a.addr, "shop", "2.0")
+	if code != 1 || !strings.Contains(errOut, "did not deploy successfully") {
+		t.Fatalf("rollback to failed: %d %q", code, errOut)
+	}
+	for _, args := range [][]string{
+		{"deploy", a.addr, "shop", "1"},
+		{"deploy", "-retain", "0", a.addr, "shop", "1", pkgFile},
+		{"deploy", "-var", "1=2", a.addr, "shop", "1", pkgFile},
+		{"deploy", a.addr, "../shop", "1", pkgFile},
+		{"releases"},
+		{"rollback", a.addr},
+	} {
+		if _, errOut, code := a.cli(args[0], args[1:]...); code != 2 || errOut == "" {
+			t.Errorf("%q: code %d, %s", args, code, errOut)
+		}
+	}
+	if _, errOut, code := a.cli("deploy", a.addr, "shop", "4", filepath.Join(t.TempDir(), "missing")); code == 0 || !strings.Contains(errOut, "missing") {
+		t.Fatalf("missing package file: %d %s", code, errOut)
+	}
+}
+
+// TestDeployAgentKilled kills the agent (SIGKILL) mid-extraction, mid-script
+// and after the switch (in PostDeploy.sh); after a restart current is the
+// previous, complete release and the half-made one reads lost.
+func TestDeployAgentKilled(t *testing.T) {
+	needSh(t)
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildTentacle(t)
+	// Many small files so that extraction takes a while.
+	var many []tEntry
+	for i := range 20000 {
+		many = append(many, file("data/"+strings.Repeat("d", i%7+1)+"/f"+strconv.Itoa(i), strings.Repeat("x", 2000)))
+	}
+	hang := func(script string) []byte {
+		return gz(t, makeTar(t, []tEntry{file(script, `echo "$$" > "$TENTACLE_SHARED_DIR/pid"; exec sleep 60`)}))
+	}
+	tests := []struct {
+		name  string
+		pkg   []byte
+		ready func(home string) bool
+	}{
+		{"mid-extraction", gz(t, makeTar(t, many)), func(home string) bool {
+			des, _ := os.ReadDir(filepath.Join(home, "apps", "app", "2", "data"))
+			return len(des) > 0
+		}},
+		{"mid-script", hang("Deploy.sh"), nil},
+		{"after the switch", hang("PostDeploy.sh"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			home, clientHome := t.TempDir(), t.TempDir()
+			client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeTrust(t, home, client.thumbprint+" test-client\n")
+			p := startProcAgent(t, bin, home)
+			c, err := dialAgent(p.addr, client, p.thumbprint, "", 10*time.Second, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st, logs := deploy(t, c, "app", "1", scriptPkg(t, "1"), nil); outcomeOf(st) != outcomeSuccess {
+				t.Fatalf("first deploy: %v", logs)
+			}
+			startDeploy(t, c, map[string]any{"app": "app", "version": "2", "package": push(t, c, tt.pkg)})
+			ready := tt.ready
+			if ready == nil {
+				ready = func(home string) bool {
+					_, err := os.Stat(filepath.Join(home, "apps", "app", "shared", "pid"))
+					return err == nil
+				}
+			}
+			waitFor(t, "the deploy to get going", 20*time.Second, func() bool { return ready(home) })
+			c.Close()
+			p.cmd.Process.Kill()
+			p.cmd.Wait()
+			if tt.name == "after the switch" && current(t, home, "app") != "2" {
+				t.Fatalf("current = %q before the restart: the test did not kill after the switch", current(t, home, "app"))
+			}
+			if pid, err := os.ReadFile(filepath.Join(home, "apps", "app", "shared", "pid")); err == nil {
+				if n, err := strconv.Atoi(strings.TrimSpace(string(pid))); err == nil {
+					if proc, err := os.FindProcess(n); err == nil {
+						t.Cleanup(func() { proc.Kill() })
+					}
+				}
+			}
+
+			a := &testAgent{t: t, home: home, clientHome: clientHome, client: client}
+			a.cfg = testConfig(t, home)
+			a.start()
+			t.Cleanup(a.stop)
+			if cur := current(t, home, "app"); cur != "1" {
+				t.Fatalf("current = %q after the restart, want 1", cur)
+			}
+			if !strings.Contains(a.logs.String(), "found an interrupted deploy") {
+				t.Fatalf("restart did not say so:\n%s", a.logs)
+			}
+			c2 := a.dial(t)
+			l := list(t, c2, "app")
+			if len(l.Releases) != 2 || l.Releases[1].Outcome != outcomeLost || *l.Current != "1" {
+				t.Fatalf("deploy.list = %+v", l)
+			}
+			if err := c2.call("deploy.rollback", map[string]any{"app": "app", "to": "2"}, nil); rpcKind(err) != kindConflict {
+				t.Fatalf("rollback to the lost release: %v", err)
+			}
+			if st, logs := deploy(t, c2, "app", "3", scriptPkg(t, "3"), nil); outcomeOf(st) != outcomeSuccess || current(t, home, "app") != "3" {
+				t.Fatalf("deploy after the restart: %v", logs)
+			}
+		})
+	}
+}
+
+// BenchmarkDeployTarGz deploys a tar.gz of 10,000 small files (~100 MB, no
+// scripts) through a real agent, timed from deploy.start to the job's end,
+// beside tar -xzf of the same archive into a fresh folder, alternately.
+func BenchmarkDeployTarGz(b *testing.B) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		b.Skip("no tar to compare with")
+	}
+	pkg := benchArchive(b, formatTarGz)
+	a := startAgent(b)
+	c := a.dial(b)
+	sha, err := pushPackage(c, pkg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	apps := filepath.Join(a.home, "apps", "bench")
+	var ours, base []time.Duration
+	runOurs := func(i int) {
+		os.RemoveAll(filepath.Join(apps, strconv.Itoa(i-1)))
+		syncTree(a.home)
+		t0 := time.Now()
+		st, logs := followJob(b, c, startDeploy(b, c, map[string]any{"app": "bench", "version": strconv.Itoa(i), "package": sha, "retain": 1000}))
+		ours = append(ours, time.Since(t0))
+		if outcomeOf(st) != outcomeSuccess {
+			b.Fatalf("deploy: %v", logs)
+		}
+	}
+	runBase := func() {
+		d := filepath.Join(dir, "tar")
+		os.RemoveAll(d)
+		os.Mkdir(d, 0o755)
+		syncTree(dir)
+		t0 := time.Now()
+		if out, err := exec.Command("tar", "-xzf", pkg, "-C", d).CombinedOutput(); err != nil {
+			b.Fatalf("tar: %v\n%s", err, out)
+		}
+		base = append(base, time.Since(t0))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%2 == 0 {
+			runOurs(i)
+			runBase()
+		} else {
+			runBase()
+			runOurs(i)
+		}
+	}
+	b.StopTimer()
+	mo, mb := medianDur(ours), medianDur(base)
+	b.ReportMetric(float64(mo.Milliseconds()), "deploy-ms")
+	b.ReportMetric(float64(mb.Milliseconds()), "tar-ms")
+	b.ReportMetric(float64(mo)/float64(mb), "ratio")
+	b.Logf("deploy of 10,000 files (no scripts, incl. syncfs, current switch, metadata): %v; tar -xzf: %v; ratio %.2f (medians of %d)",
+		mo.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mo)/float64(mb), len(ours))
+}
