@@ -323,19 +323,25 @@ func (f *follower) follow() (*statusReply, error) {
 }
 
 // print writes log entries: stdout and stderr lines to their streams, the
-// agent's remarks to stderr.
+// agent's remarks to stderr. A stream's buffer is flushed when the next entry
+// is for the other one, so that with 2>&1 the lines keep the job's order.
 func (f *follower) print(logs []logEntry) {
+	var last *bufio.Writer
 	for _, e := range logs {
+		w, text := f.stderr, e.Text
 		switch e.Stream {
 		case "stdout":
-			f.stdout.WriteString(e.Text)
-			f.stdout.WriteByte('\n')
+			w = f.stdout
 		case "stderr":
-			f.stderr.WriteString(e.Text)
-			f.stderr.WriteByte('\n')
 		default:
-			f.stderr.WriteString("tentacle: " + e.Text + "\n")
+			text = "tentacle: " + text
 		}
+		if last != nil && last != w {
+			last.Flush()
+		}
+		last = w
+		w.WriteString(text)
+		w.WriteByte('\n')
 	}
 	f.flush()
 }
