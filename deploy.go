@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -614,35 +613,15 @@ func (d *deployManager) failedScript(j *job, spec deploySpec, relDir string, env
 // runOwnClock is j.runProcess for a job whose context has ended: the same
 // process group, output and kill sequence, bounded by limit instead.
 func (d *deployManager) runOwnClock(j *job, argv []string, dir string, env []string, limit time.Duration) (int, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = append(slices.Clip(env), "TENTACLE_TICKET="+j.id, "TENTACLE_WORK_DIR="+j.dir)
-	setProcessGroup(cmd)
-	stdout := &lineWriter{log: j.log, stream: "stdout", err: j.logWriteFailed}
-	stderr := &lineWriter{log: j.log, stream: "stderr", err: j.logWriteFailed}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.WaitDelay = drainDelay
-	if err := startChild(cmd); err != nil {
-		return -1, err
-	}
-	done := make(chan error, 1)
-	go func() { done <- waitChild(cmd) }()
-	timer := time.NewTimer(limit)
-	defer timer.Stop()
-	var werr error
-	select {
-	case werr = <-done:
-	case <-timer.C:
-		j.logf("still running after %s", limit)
-		werr = j.stopGroup(cmd.Process.Pid, done)
-	}
-	stdout.flush()
-	stderr.flush()
-	var ee *exec.ExitError
-	if werr != nil && !errors.As(werr, &ee) && !errors.Is(werr, exec.ErrWaitDelay) {
-		return -1, werr
-	}
-	return exitStatus(cmd.ProcessState), nil
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			j.logf("still running after %s", limit)
+		}
+	})
+	defer stop()
+	return j.runProcessUntil(ctx, argv, dir, env)
 }
 
 // retain keeps the newest keep releases of app (never current, never one

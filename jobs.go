@@ -496,10 +496,16 @@ func (j *job) saveLocked() error {
 // The exit code of a process killed by a signal is 128 + the signal. err
 // is set only when the process could not be started or waited for.
 func (j *job) runProcess(argv []string, dir string, env []string) (exitCode int, err error) {
+	return j.runProcessUntil(j.context(), argv, dir, env)
+}
+
+// runProcessUntil is runProcess, stopped when ctx (rather than the job's
+// context) ends: a deploy's DeployFailed.sh runs on its own clock after the
+// job's time is over.
+func (j *job) runProcessUntil(ctx context.Context, argv []string, dir string, env []string) (exitCode int, err error) {
 	if len(argv) == 0 {
 		return -1, errors.New("no command to run")
 	}
-	ctx := j.context()
 	if ctx.Err() != nil {
 		return -1, context.Cause(ctx)
 	}
