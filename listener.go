@@ -73,6 +73,11 @@ func (s *server) serverTLSConfig() *tls.Config {
 	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		cfg := base.Clone()
 		cfg.GetConfigForClient = nil
+		if !slices.Contains(hello.SupportedProtos, "tentacle/1") {
+			// ALPN is offered, not required (PROTOCOL §1): Go's server would
+			// refuse a client that offers only other protocols.
+			cfg.NextProtos = nil
+		}
 		addr := hello.Conn.RemoteAddr()
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {

@@ -162,6 +162,25 @@ func TestTLSVersionsAndSuites(t *testing.T) {
 			t.Fatalf("version %s, want TLS 1.3", tls.VersionName(v))
 		}
 	})
+	for _, protos := range [][]string{{"tentacle/1"}, {"h2"}, {"h2", "tentacle/1"}, nil} {
+		t.Run(fmt.Sprintf("ALPN %v", protos), func(t *testing.T) {
+			tc, err := rawTLS(a, a.client, func(c *tls.Config) { c.NextProtos = protos })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tc.Close()
+			if got := exchange(t, tc, `{"id":1,"method":"ping"}`+"\n", 1); len(got) != 1 || !strings.Contains(got[0], "pong") {
+				t.Fatalf("ping with ALPN %v: %q", protos, got)
+			}
+			want := ""
+			if slices.Contains(protos, "tentacle/1") {
+				want = "tentacle/1"
+			}
+			if p := tc.ConnectionState().NegotiatedProtocol; p != want {
+				t.Fatalf("negotiated %q, want %q", p, want)
+			}
+		})
+	}
 	refused := []struct {
 		name string
 		mod  func(*tls.Config)
