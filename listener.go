@@ -207,13 +207,13 @@ func (s *server) handle(nc net.Conn, src string) {
 		tc.Close()
 		return
 	}
-	s.log.Log(s.ctx, connLevel(entry), "connected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
-		"tls", tls.VersionName(cs.Version), "resumed", cs.DidResume)
 	n, err := s.commandLoop(c)
 	s.untrack(c)
 	tc.Close()
-	s.log.Log(s.ctx, connLevel(entry), "disconnected", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
-		"requests", n, "duration", time.Since(start).Round(time.Millisecond), "reason", errString(err))
+	// One line per connection, when it ends; its requests have their own.
+	s.log.Log(s.ctx, connLevel(entry), "connection", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
+		"tls", tls.VersionName(cs.Version), "resumed", cs.DidResume,
+		"requests", n, "duration", time.Since(start).Round(time.Millisecond), "end", errString(err))
 }
 
 func errString(err error) string {
