@@ -796,7 +796,7 @@ type procAgent struct {
 }
 
 // startProcAgent runs "tentacle run" on home and waits until it listens.
-func startProcAgent(t *testing.T, bin, home string) *procAgent {
+func startProcAgent(t testing.TB, bin, home string) *procAgent {
 	t.Helper()
 	p := &procAgent{logs: &syncBuffer{}}
 	p.cmd = exec.Command(bin, "run", "-home", home, "-listen", "127.0.0.1:0", "-kill-grace", "500ms")
@@ -1213,9 +1213,21 @@ func FuzzLineWriter(f *testing.F) {
 func BenchmarkExec(b *testing.B) {
 	needSh(b)
 	bin := buildTentacle(b)
-	a := benchAgent(b)
-	addr, pin, clientHome := a.addr, a.thumbprint, a.clientHome
-	c := a.dial(b)
+	// The agent is the real binary in its own process, as deployed, not
+	// this test process (whose scheduler and heap the client would share).
+	home, clientHome := b.TempDir(), b.TempDir()
+	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	writeTrust(b, home, client.thumbprint+" bench\n")
+	p := startProcAgent(b, bin, home)
+	addr, pin := p.addr, p.thumbprint
+	c, err := dialAgent(addr, client, pin, "", 10*time.Second, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
 	var execT, shT, openT []time.Duration
 	b.ResetTimer()
 	for range b.N {
