@@ -596,7 +596,7 @@ func TestLongPoll(t *testing.T) {
 
 	// A new line ends a wait of a minute (clamped to 3s) at once.
 	ch := poll(0, 60000)
-	time.Sleep(100 * time.Millisecond) // let the poll start waiting; the assertion below does not depend on it
+	waitInFlight(t, a) // the poll is waiting before the line comes
 	os.WriteFile(gate, nil, 0o644)
 	r := <-ch
 	if r.err != nil || len(r.st.Logs) != 1 || r.st.Logs[0].Text != "hi" || r.st.Next != 1 {
@@ -608,7 +608,7 @@ func TestLongPoll(t *testing.T) {
 
 	// A change of state (running → done) ends a wait too.
 	ch = poll(1, 60000)
-	time.Sleep(100 * time.Millisecond)
+	waitInFlight(t, a)
 	os.Remove(gate)
 	r = <-ch
 	if r.err != nil || r.st.State != stateDone || r.d > 2*time.Second {

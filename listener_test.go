@@ -813,19 +813,7 @@ func TestShutdownAnswersRequestInFlight(t *testing.T) {
 	if err := c.send("job.status", map[string]any{"ticket": started.Ticket, "wait_ms": 30000, "after": 1 << 40}, nil, 0); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the long poll to reach the agent", 5*time.Second, func() bool {
-		a.srv.mu.Lock()
-		defer a.srv.mu.Unlock()
-		for cn := range a.srv.conns {
-			cn.mu.Lock()
-			busy := !cn.idle
-			cn.mu.Unlock()
-			if busy {
-				return true
-			}
-		}
-		return false
-	})
+	waitInFlight(t, a)
 	stopped := make(chan struct{})
 	go func() { a.stop(); close(stopped) }()
 	var st struct {

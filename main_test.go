@@ -191,6 +191,25 @@ func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	}
 }
 
+// waitInFlight waits until a request is being handled on one of the
+// agent's connections: a long poll has reached the agent.
+func waitInFlight(t testing.TB, a *testAgent) {
+	t.Helper()
+	waitFor(t, "a request in flight", 5*time.Second, func() bool {
+		a.srv.mu.Lock()
+		defer a.srv.mu.Unlock()
+		for cn := range a.srv.conns {
+			cn.mu.Lock()
+			busy := !cn.idle
+			cn.mu.Unlock()
+			if busy {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // rpcKind returns the protocol kind of err, or "" for nil, or err's text.
 func rpcKind(err error) string {
 	if err == nil {
