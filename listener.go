@@ -459,11 +459,14 @@ func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadl
 		c.peer.entry = entry
 		result, herr = m.fn(cl)
 	}
+	var stuck bool
+	var berr error
 	if closeAfter {
-		notify = false
+		notify = false // the answer says why the connection closes
+	} else {
+		stuck, berr = skipBody()
+		closeAfter = stuck
 	}
-	stuck, berr := skipBody()
-	closeAfter = closeAfter || stuck
 	if stuck && herr == nil && cl.replyBody == nil {
 		herr = errorf(kindTooLarge, "the request's body was not read")
 	}
