@@ -64,7 +64,7 @@ func (v varList) String() string { return "" }
 
 func (v varList) Set(s string) error {
 	k, val, ok := strings.Cut(s, "=")
-	if !ok || !varRE.MatchString(k) {
+	if !ok || !validVarName(k) {
 		return fmt.Errorf("want NAME=VALUE with NAME of A-Z a-z 0-9 _, not %q", s)
 	}
 	v[k] = val
@@ -94,7 +94,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 	}
 	addr, app, version, file := rest[0], rest[1], rest[2], rest[3]
 	for _, n := range [][2]string{{"APP", app}, {"VERSION", version}} {
-		if !nameRE.MatchString(n[1]) {
+		if !validName(n[1]) {
 			_, code, _ := usageError(fs, "%s %q: want 1 to 64 of A-Z a-z 0-9 . _ -, not starting with \".\"", n[0], n[1])
 			return code
 		}

@@ -637,3 +637,24 @@ func BenchmarkDeployTarGz(b *testing.B) {
 	b.Logf("deploy of 10,000 files (no scripts, incl. syncfs, current switch, metadata): %v; tar -xzf: %v; ratio %.2f (medians of %d)",
 		mo.Round(time.Millisecond), mb.Round(time.Millisecond), float64(mo)/float64(mb), len(ours))
 }
+
+func TestNameShapes(t *testing.T) {
+	for _, tt := range []struct {
+		check func(string) bool
+		in    string
+		want  bool
+	}{
+		{validName, "1.4.0", true}, {validName, "shop_web-2", true}, {validName, strings.Repeat("a", 64), true},
+		{validName, "", false}, {validName, ".hidden", false}, {validName, strings.Repeat("a", 65), false},
+		{validName, "a/b", false}, {validName, "a b", false}, {validName, "é", false},
+		{validVarName, "DB_HOST", true}, {validVarName, "_x1", true},
+		{validVarName, "", false}, {validVarName, "1X", false}, {validVarName, "A-B", false}, {validVarName, "A.B", false},
+		{validUserName, "tentacle", true}, {validUserName, "_svc-1", true},
+		{validUserName, "", false}, {validUserName, "Root", false}, {validUserName, "-x", false}, {validUserName, "1x", false},
+		{validUserName, strings.Repeat("a", 33), false},
+	} {
+		if got := tt.check(tt.in); got != tt.want {
+			t.Errorf("check(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}

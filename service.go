@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -114,7 +113,19 @@ WantedBy=multi-user.target
 `
 }
 
-var userNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+// validUserName reports whether s is a portable user name:
+// [a-z_][a-z0-9_-]{0,31}.
+func validUserName(s string) bool {
+	if len(s) == 0 || len(s) > 32 || s[0] == '-' || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 const usageService = `
 Usage:
@@ -211,7 +222,7 @@ func cmdService(args []string, stdout, stderr io.Writer) int {
 
 // checkServiceSpec validates install's flags and makes home absolute.
 func checkServiceSpec(s *serviceSpec) error {
-	if !userNameRE.MatchString(s.User) {
+	if !validUserName(s.User) {
 		return fmt.Errorf("-user %q is not a valid user name (lowercase letters, digits, _ and -)", s.User)
 	}
 	if strings.TrimSpace(s.Listen) == "" || strings.ContainsAny(s.Listen, " \t\n\"'\\") {
