@@ -75,6 +75,17 @@ func (o *clientOpts) dial(addr string) (*clientConn, error) {
 	return dialAgent(agentAddr(addr), id, pin, o.proxy, o.timeout, o.sessions)
 }
 
+// dialFor dials addr for the client command cmd; on failure it prints why,
+// the way every client command does, and returns nil.
+func (o *clientOpts) dialFor(stderr io.Writer, cmd, addr string) *clientConn {
+	cc, err := o.dial(addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "tentacle %s: %v\n", cmd, err)
+		return nil
+	}
+	return cc
+}
+
 // dialAgent is dial with everything spelled out (tests and health use it).
 func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Duration, sessions tls.ClientSessionCache) (*clientConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -301,9 +312,8 @@ func cmdCall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tentacle call: %s carries a body: use tentacle upload, download or push\n", rest[1])
 		return 2
 	}
-	cc, err := o.dial(rest[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle call: %v\n", err)
+	cc := o.dialFor(stderr, "call", rest[0])
+	if cc == nil {
 		return 1
 	}
 	defer cc.Close()

@@ -99,9 +99,8 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 			return code
 		}
 	}
-	cc, err := o.dial(addr)
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle deploy: %v\n", err)
+	cc := o.dialFor(stderr, "deploy", addr)
+	if cc == nil {
 		return exitNoJob
 	}
 	f := &follower{o: o, addr: addr, cmd: "deploy", stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
@@ -191,9 +190,8 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	cc, err := o.dial(rest[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle releases: %v\n", err)
+	cc := o.dialFor(stderr, "releases", rest[0])
+	if cc == nil {
 		return 1
 	}
 	defer cc.Close()
@@ -251,9 +249,8 @@ func cmdRollback(args []string, stdout, stderr io.Writer) int {
 	if len(rest) == 3 {
 		params["to"] = rest[2]
 	}
-	cc, err := o.dial(rest[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle rollback: %v\n", err)
+	cc := o.dialFor(stderr, "rollback", rest[0])
+	if cc == nil {
 		return 1
 	}
 	defer cc.Close()

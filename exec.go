@@ -162,9 +162,8 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	}
 
 	f := &follower{o: o, addr: rest[0], cmd: "exec", stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
-	cc, err := o.dial(f.addr)
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle exec: %v\n", err)
+	cc := o.dialFor(stderr, "exec", f.addr)
+	if cc == nil {
 		return exitNoJob
 	}
 	f.setConn(cc)
@@ -486,9 +485,8 @@ func cmdJobs(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	cc, err := o.dial(rest[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle jobs: %v\n", err)
+	cc := o.dialFor(stderr, "jobs", rest[0])
+	if cc == nil {
 		return 1
 	}
 	defer cc.Close()
@@ -544,9 +542,8 @@ func cmdJob(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	f := &follower{o: o, addr: rest[0], cmd: "job", ticket: rest[1], stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
-	cc, err := o.dial(f.addr)
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle job: %v\n", err)
+	cc := o.dialFor(stderr, "job", f.addr)
+	if cc == nil {
 		return 1
 	}
 	f.setConn(cc)

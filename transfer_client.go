@@ -465,9 +465,8 @@ func cmdUpload(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tentacle upload: %v\n", err)
 		return 1
 	}
-	cc, err := o.dial(addr)
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle upload: %v\n", err)
+	cc := o.dialFor(stderr, "upload", addr)
+	if cc == nil {
 		return 1
 	}
 	defer cc.Close()
@@ -500,9 +499,8 @@ func cmdDownload(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	cc, err := o.dial(rest[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle download: %v\n", err)
+	cc := o.dialFor(stderr, "download", rest[0])
+	if cc == nil {
 		return 1
 	}
 	defer cc.Close()
@@ -550,9 +548,8 @@ func cmdPush(args []string, stdout, stderr io.Writer) int {
 	const attempts = 4
 	broken := false // the last attempt lost its connection
 	for i := 1; ; i++ {
-		cc, err := o.dial(rest[0])
-		if err != nil {
-			fmt.Fprintf(stderr, "tentacle push: %v\n", err)
+		cc := o.dialFor(stderr, "push", rest[0])
+		if cc == nil {
 			return 1
 		}
 		sent, err := pushOpen(cc, f, fi.Size(), sha, progress)
