@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -86,6 +87,16 @@ func envOr(name, def string) string {
 	return def
 }
 
+// envDuration returns the environment variable as a duration, or def when it
+// is unset, empty or not a duration (a bad value is caught by check, which
+// sees the flag's default and the variable disagree).
+func envDuration(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(name)); err == nil {
+		return d
+	}
+	return def
+}
+
 // homeFlag registers -home with its environment default on fs.
 func homeFlag(fs *flag.FlagSet) *string {
 	return fs.String("home", envOr("TENTACLE_HOME", defaultHome()), "agent `dir`ectory: identity, trust list, jobs, files, packages, apps (env TENTACLE_HOME)")
@@ -114,7 +125,7 @@ func runFlags(fs *flag.FlagSet) *config {
 	fs.DurationVar(&c.Limits.MaxWait, "max-wait", 60*time.Second, "longest job.status wait_ms (`duration`)")
 	fs.IntVar(&c.Limits.MaxStartups, "max-startups", 64, "connections in their TLS handshake at most")
 	fs.IntVar(&c.Limits.MaxStartupsPerSource, "max-startups-per-source", 8, "connections in their TLS handshake at most from one address")
-	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 30*time.Second, "on SIGTERM, wait this `long` for requests and jobs")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", envDuration("TENTACLE_SHUTDOWN_GRACE", 30*time.Second), "on SIGTERM, wait this `long` for requests and jobs (env TENTACLE_SHUTDOWN_GRACE)")
 	fs.DurationVar(&c.KillGrace, "kill-grace", 10*time.Second, "between SIGTERM and SIGKILL when killing a job (`duration`)")
 	fs.DurationVar(&c.JobRetention, "job-retention", 24*time.Hour, "remove finished jobs nobody completed after this `long`")
 	fs.Int64Var(&c.DiskReserve, "disk-reserve", 256<<20, "`bytes` an upload must leave free on its disk")
@@ -138,6 +149,11 @@ func (c *config) check() error {
 	}
 	if c.Limits.MaxLine < 1024 || c.Limits.MaxConns < 1 || c.Limits.MaxStartups < 1 || c.Limits.MaxStartupsPerSource < 1 {
 		return errors.New("-max-line must be at least 1024 and -max-conns, -max-startups, -max-startups-per-source at least 1")
+	}
+	if v := os.Getenv("TENTACLE_SHUTDOWN_GRACE"); v != "" {
+		if _, err := time.ParseDuration(v); err != nil {
+			return fmt.Errorf("TENTACLE_SHUTDOWN_GRACE=%q is not a duration such as 8s", v)
+		}
 	}
 	if strings.TrimSpace(c.Listen) == "" {
 		return errors.New("-listen must not be empty")
@@ -173,6 +189,27 @@ func (c *config) packagesDir() string  { return filepath.Join(c.Home, "packages"
 func (c *config) appsDir() string      { return filepath.Join(c.Home, "apps") }
 func (c *config) uploadsDir() string   { return filepath.Join(c.Home, "uploads") } // journal of upload temporaries
 func (c *config) auditPath() string    { return filepath.Join(c.Home, "audit.log") }
+
+// prepareHome creates the home if need be and checks that this user can
+// write in it. A bind-mounted home owned by another uid (the commonest
+// container mistake) gets one line naming the uid and the fix, not the
+// first of several failures further in.
+func prepareHome(home string) error {
+	err := os.MkdirAll(home, 0o700)
+	if err == nil {
+		var f *os.File
+		if f, err = os.CreateTemp(home, ".write-check*"); err == nil {
+			f.Close()
+			os.Remove(f.Name())
+			return nil
+		}
+	}
+	if errors.Is(err, fs.ErrPermission) || isReadOnlyFS(err) {
+		uid, gid := os.Geteuid(), os.Getegid()
+		return fmt.Errorf("home %q is not writable by uid %d (gid %d): give it to that user with \"chown -R %d:%d %s\" (for a bind mount, on the host), run as its owner (docker run --user), or choose another -home", home, uid, gid, uid, gid, home)
+	}
+	return fmt.Errorf("failed to create home %q: %v", home, err)
+}
 
 // writeFileAtomic makes path hold data, whole or not at all: a temporary
 // file in the same folder, written, chmodded, fsynced, closed and renamed over

@@ -25,3 +25,7 @@ func freeSpace(dir string) (int64, error) {
 func isDiskFull(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
+
+// isReadOnlyFS reports a read-only file system (a --read-only container
+// without a volume for the home).
+func isReadOnlyFS(err error) bool { return errors.Is(err, syscall.EROFS) }

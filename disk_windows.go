@@ -38,3 +38,6 @@ const (
 func isDiskFull(err error) bool {
 	return errors.Is(err, errorDiskFull) || errors.Is(err, errorHandleDiskFull)
 }
+
+// isReadOnlyFS: Windows reports a read-only volume as access denied.
+func isReadOnlyFS(err error) bool { return false }

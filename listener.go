@@ -664,8 +664,8 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 
 // newServer prepares the home, identity, trust list and subsystems.
 func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
-	if err := os.MkdirAll(cfg.Home, 0o700); err != nil {
-		return nil, fmt.Errorf("failed to create home %q: %v", cfg.Home, err)
+	if err := prepareHome(cfg.Home); err != nil {
+		return nil, err
 	}
 	unlock, err := lockHome(cfg.Home)
 	if err != nil {
