@@ -308,7 +308,7 @@ func cmdCall(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	if m, ok := methods[rest[1]]; ok && m.body {
+	if m, ok := protocolMethods()[rest[1]]; ok && m.body {
 		fmt.Fprintf(stderr, "tentacle call: %s carries a body: use tentacle upload, download or push\n", rest[1])
 		return 2
 	}

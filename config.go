@@ -60,6 +60,11 @@ type config struct {
 	ExtractMaxFile int64         // entries a package may hold
 	PackageGrace   time.Duration // an undeployed package survives pruning this long
 	AuditMaxSize   int64         // audit.log is rotated past this size
+
+	// extraMethods are methods beyond the protocol's table, served as if
+	// they were in it: the server's option for tests (see withMethod in
+	// main_test.go). Never set by a flag.
+	extraMethods map[string]method
 }
 
 // defaultHome is /var/lib/tentacle for root (a system service), else
@@ -209,47 +214,4 @@ func prepareHome(home string) error {
 		return fmt.Errorf("home %q is not writable by uid %d (gid %d): give it to that user with \"chown -R %d:%d %s\" (for a bind mount, on the host), run as its owner (docker run --user), or choose another -home", home, uid, gid, uid, gid, home)
 	}
 	return fmt.Errorf("failed to create home %q: %v", home, err)
-}
-
-// writeFileAtomic makes path hold data, whole or not at all: a temporary
-// file in the same folder, written, chmodded, fsynced, closed and renamed over
-// path, then the folder fsynced so the rename itself survives a crash.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(perm); err != nil && runtime.GOOS != "windows" {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	syncDir(dir)
-	return nil
-}
-
-// syncDir fsyncs a folder so a rename or create in it is durable. Errors are
-// ignored: some platforms (Windows) and filesystems cannot sync a folder.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }

@@ -6,55 +6,78 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"os/signal"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
-
-// server is the running agent.
-type server struct {
-	cfg     *config
-	log     *slog.Logger
-	id      *identity
-	trust   *trustStore
-	jobs    *jobManager
-	pkgs    *packageCache
-	apps    *deployManager
-	audit   *auditLog
-	tlsConf *tls.Config
-	started time.Time
-	unlock  func()          // releases the home's lock
-	ctx     context.Context // cancelled when shutdown begins
-	stop    context.CancelFunc
-
-	mu       sync.Mutex // guards conns, startups, closing
-	conns    map[*conn]struct{}
-	startups map[string]int // handshakes in progress by source address
-	closing  bool
-	wg       sync.WaitGroup // connection goroutines
-}
 
 // conn is one client connection.
 type conn struct {
 	tc   *tls.Conn
 	peer *peer
+	list *trustList // the trust list peer.entry was decided on
 
-	done requestDone // the last request, for its log line
+	mu      sync.Mutex // guards idle, closing, method and the read deadline
+	idle    bool       // waiting for a request with none buffered: safe to end at shutdown
+	closing bool       // the agent is shutting down: end when next idle
+	method  string     // the request in flight, "" between requests
+}
 
-	mu   sync.Mutex // guards idle
-	idle bool       // waiting for a request: safe to close at shutdown
+// setIdle marks c as waiting for a request, or as busy with one. Marked
+// idle, it reports false when the agent is shutting down: the connection
+// should end.
+func (c *conn) setIdle(idle bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.idle = idle
+	return !idle || !c.closing
+}
+
+// setMethod records the request in flight ("" when it is done).
+func (c *conn) setMethod(m string) {
+	c.mu.Lock()
+	c.method = m
+	c.mu.Unlock()
+}
+
+// beginClose tells c the agent is shutting down: an idle connection is
+// woken at once (its read deadline is now), a busy one ends when it next
+// goes idle. The deadline is set under c.mu, as armDeadline sets it, so a
+// shutdown landing between "idle" and the read is never lost.
+func (c *conn) beginClose() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closing = true
+	if c.idle {
+		c.tc.SetReadDeadline(time.Now())
+	}
+}
+
+// errShuttingDown ends an idle connection when the agent stops.
+var errShuttingDown = errors.New("agent shutting down")
+
+// armDeadline sets the read deadline before a read (timeout 0: none), or
+// refuses the read of an idle connection once the agent is shutting down.
+func (c *conn) armDeadline(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.idle && c.closing {
+		return errShuttingDown
+	}
+	if timeout > 0 {
+		c.tc.SetReadDeadline(time.Now().Add(timeout))
+	}
+	return nil
 }
 
 // serverTLSConfig: TLS 1.2+ with forward-secret AEAD suites only, a client
@@ -85,11 +108,14 @@ func (s *server) serverTLSConfig() *tls.Config {
 				return errors.New("a client certificate is required")
 			}
 			tp := thumbprint(cs.PeerCertificates[0])
-			if _, err := s.trust.lookup(tp, addr, time.Now()); err != nil {
+			list := s.trust.current()
+			entry, err := list.lookup(tp, addr, time.Now())
+			if err != nil {
 				s.log.Warn("rejected client", "peer", addr.String(), "thumbprint", tp, "reason", err.Error(),
 					"fix", "if this client should be trusted: tentacle trust add "+tp)
 				return errors.New("client not trusted")
 			}
+			s.verdicts.Store(hello.Conn, verdict{entry, list})
 			return nil
 		}
 		return cfg, nil
@@ -181,28 +207,32 @@ func (s *server) endStartup(src string) {
 	}
 }
 
+// verdict is the trust decision a handshake made, for its connection's
+// first request (the decision is made once per trust list, not again).
+type verdict struct {
+	entry *trustEntry
+	list  *trustList
+}
+
 // handle runs one connection: handshake, then the command loop.
 func (s *server) handle(nc net.Conn, src string) {
 	start := time.Now()
-	tc := tls.Server(&batchConn{Conn: nc}, s.tlsConf) // batchConn: large reply bodies leave in large writes
+	bc := &batchConn{Conn: nc} // large reply bodies leave in large writes
+	tc := tls.Server(bc, s.tlsConf)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Limits.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	s.endStartup(src)
-	if err != nil {
+	v, verified := s.verdicts.LoadAndDelete(net.Conn(bc))
+	if err != nil || !verified {
 		// Trust rejections were logged by the verifier with the thumbprint.
 		s.log.Debug("handshake failed", "peer", nc.RemoteAddr().String(), "err", err)
 		tc.Close()
 		return
 	}
 	cs := tc.ConnectionState()
-	tp := thumbprint(cs.PeerCertificates[0])
-	entry, err := s.trust.lookup(tp, nc.RemoteAddr(), time.Now())
-	if err != nil { // revoked between the verifier and here
-		tc.Close()
-		return
-	}
-	c := &conn{tc: tc, peer: &peer{addr: nc.RemoteAddr(), thumbprint: tp, entry: entry}}
+	vd := v.(verdict)
+	c := &conn{tc: tc, peer: &peer{addr: nc.RemoteAddr(), thumbprint: vd.entry.Thumbprint, entry: vd.entry}, list: vd.list}
 	if !s.track(c) {
 		tc.Close()
 		return
@@ -211,8 +241,8 @@ func (s *server) handle(nc net.Conn, src string) {
 	s.untrack(c)
 	tc.Close()
 	// One line per connection, when it ends; its requests have their own.
-	s.log.Log(s.ctx, connLevel(entry), "connection", "peer", c.peer.addr.String(), "thumbprint", tp, "name", entry.Name,
-		"tls", tls.VersionName(cs.Version), "resumed", cs.DidResume,
+	s.log.Log(s.ctx, connLevel(c.peer.entry), "connection", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint,
+		"name", c.peer.entry.Name, "tls", tls.VersionName(cs.Version), "resumed", cs.DidResume,
 		"requests", n, "duration", time.Since(start).Round(time.Millisecond), "end", errString(err))
 }
 
@@ -223,6 +253,7 @@ func errString(err error) string {
 	return err.Error()
 }
 
+// track adds c to the open connections, unless the agent is shutting down.
 func (s *server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -239,300 +270,233 @@ func (s *server) untrack(c *conn) {
 	delete(s.conns, c)
 }
 
-// setIdle marks the connection as waiting for a request; it reports false
-// when the agent is shutting down and the connection should end.
-func (s *server) setIdle(c *conn, idle bool) bool {
-	s.mu.Lock()
-	closing := s.closing
-	s.mu.Unlock()
-	c.mu.Lock()
-	c.idle = idle
-	c.mu.Unlock()
-	return !closing
-}
-
-// deadlineReader sets a read deadline before every read, so a stalled peer
-// is noticed: timeout is the idle limit between requests and the body limit
-// within one.
-type deadlineReader struct {
-	c       net.Conn
-	timeout time.Duration
-}
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	if d.timeout > 0 {
-		d.c.SetReadDeadline(time.Now().Add(d.timeout))
-	}
-	return d.c.Read(p)
-}
-
-// errLineTooLong is returned by readLine for a line over its cap whose end
-// has not been read; errLineTooLongWhole for one read to its end.
-var (
-	errLineTooLong      = errors.New("line too long")
-	errLineTooLongWhole = fmt.Errorf("%w (read to its end)", errLineTooLong)
-)
-
-// readLine reads one line, without "\n" and a "\r" before it, buffering at
-// most about max bytes (plus the reader's own buffer): past that it stops
-// with errLineTooLong, leaving the rest of the line unread. At EOF a last
-// line without "\n" is returned with io.EOF. The line is always a copy.
-func readLine(br *bufio.Reader, max int) ([]byte, error) {
-	var line []byte
-	for {
-		chunk, err := br.ReadSlice('\n')
-		line = append(line, chunk...)
-		if err == bufio.ErrBufferFull {
-			if len(line) > max+1 { // not even a trailing "\r" brings it under
-				return nil, errLineTooLong
-			}
-			continue
-		}
-		if err == nil {
-			line = line[:len(line)-1]
-		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		if len(line) > max {
-			return nil, errLineTooLongWhole
-		}
-		return line, err
-	}
-}
-
-// skipLine consumes the rest of a line.
-func skipLine(br *bufio.Reader) error {
-	for {
-		_, err := br.ReadSlice('\n')
-		if err != bufio.ErrBufferFull {
-			return err
-		}
-	}
-}
-
 // commandLoop answers requests in order until the connection ends. It
-// returns the number of requests and why it ended.
-func (s *server) commandLoop(c *conn) (int, error) {
-	dr := &deadlineReader{c: c.tc, timeout: s.cfg.Limits.IdleTimeout}
-	br := bufio.NewReaderSize(dr, 64<<10)
-	bw := bufio.NewWriterSize(c.tc, 32<<10)
-	enc := json.NewEncoder(bw)
-	enc.SetEscapeHTML(false)
-	n := 0
+// returns the number of requests and why it ended. Answers are flushed
+// before the loop waits for more input (so one is never held back behind a
+// blank line or half a request), but not while a further request is
+// already buffered: pipelined requests share a write.
+func (s *server) commandLoop(c *conn) (n int, err error) {
+	out := newResponseWriter(c.tc)
+	dr := &deadlineReader{c: c, flush: out.flush}
+	in := bufio.NewReaderSize(dr, 64<<10)
+	defer func() {
+		if ferr := out.flush(); err == nil || errors.Is(err, io.EOF) {
+			err = cmp.Or(ferr, err)
+		}
+	}()
 	for {
-		if !s.setIdle(c, true) {
-			return n, errors.New("agent shutting down")
+		if in.Buffered() == 0 && !c.setIdle(true) {
+			return n, errShuttingDown
+		}
+		if s.testHookIdle != nil {
+			s.testHookIdle()
 		}
 		dr.timeout = s.cfg.Limits.IdleTimeout
-		line, err := readLine(br, int(s.cfg.Limits.MaxLine))
-		s.setIdle(c, false)
-		if errors.Is(err, errLineTooLong) {
-			s.writeResponse(bw, enc, &response{ID: nullID, Error: errorf(kindTooLarge, "request line longer than %d bytes", s.cfg.Limits.MaxLine)})
-			bw.Flush()
-			return n, err
+		line, rerr := readLine(in, int(s.cfg.Limits.MaxLine))
+		c.setIdle(false)
+		if errors.Is(rerr, errLineTooLong) {
+			out.write(&response{Error: errorf(kindTooLarge, "request line longer than %d bytes", s.cfg.Limits.MaxLine)})
+			return n, rerr
 		}
-		if err != nil && (err != io.EOF || len(line) == 0) {
+		if rerr != nil && (rerr != io.EOF || len(line) == 0) {
 			if s.ctx.Err() != nil {
-				return n, errors.New("agent shutting down")
+				return n, errShuttingDown
 			}
-			return n, err
+			return n, rerr
 		}
 		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
 		n++
-		closeAfter, rerr := s.handleRequest(c, line, br, dr, bw, enc)
-		if br.Buffered() == 0 || closeAfter || rerr != nil {
-			// Pipelined requests already buffered are answered before the
-			// flush, saving a write per request.
-			if ferr := bw.Flush(); ferr != nil {
-				s.logRequest(c)
-				return n, ferr
-			}
+		done, closeAfter, werr := s.handleRequest(c, line, in, dr, out)
+		if werr == nil && in.Buffered() == 0 {
+			werr = out.flush()
 		}
-		s.logRequest(c)
-		if rerr != nil {
-			return n, rerr
-		}
-		if closeAfter {
+		s.logRequest(c, done) // after the answer left: off the client's round trip
+		switch {
+		case werr != nil:
+			return n, werr
+		case closeAfter:
 			return n, errors.New("closed by agent after an error")
 		}
 	}
 }
 
-func (s *server) writeResponse(bw *bufio.Writer, enc *json.Encoder, r *response) error {
+// responseWriter writes answers, buffered, to a connection.
+type responseWriter struct {
+	bw  *bufio.Writer
+	enc *json.Encoder
+}
+
+func newResponseWriter(w io.Writer) *responseWriter {
+	bw := bufio.NewWriterSize(w, 32<<10)
+	enc := json.NewEncoder(bw)
+	enc.SetEscapeHTML(false)
+	return &responseWriter{bw: bw, enc: enc}
+}
+
+// write buffers one answer; an id of nil is written as null.
+func (w *responseWriter) write(r *response) error {
 	r.JSONRPC = "2.0"
 	if r.ID == nil {
 		r.ID = nullID
 	}
-	return enc.Encode(r) // Encode ends the line with "\n"
+	return w.enc.Encode(r) // Encode ends the line with "\n"
 }
 
-// handleRequest parses, checks and runs one request, and writes its answer.
-// closeAfter asks the loop to close the connection (an unknown or huge body,
-// a revoked client); err is a broken connection.
-func (s *server) handleRequest(c *conn, line []byte, br *bufio.Reader, dr *deadlineReader, bw *bufio.Writer, enc *json.Encoder) (closeAfter bool, err error) {
-	start := time.Now()
-	req, perr := parseRequest(line)
-	var rid json.RawMessage
-	notify := true
-	if req != nil {
-		rid, notify = req.id, req.id == nil
-	}
-	reply := func(result any, rerr error) error {
-		if notify && (rerr == nil || req != nil) {
-			return nil
+func (w *responseWriter) flush() error { return w.bw.Flush() }
+
+// inFlight is one request on its way through handleRequest.
+type inFlight struct {
+	c      *conn
+	start  time.Time
+	req    *request
+	m      method
+	known  bool
+	call   *call
+	result any
+	err    error
+	close  bool // end the connection after the answer
+}
+
+// handleRequest answers one request line in six steps: parse the envelope,
+// authorize the client for the method, find the body, invoke the method,
+// settle (discard what the method left of the body, audit), reply. It
+// returns what the request log says of it, whether the connection must
+// close after the answer (a body that cannot be found or skipped, a
+// revoked client), and a write error (a broken connection).
+func (s *server) handleRequest(c *conn, line []byte, in *bufio.Reader, dr *deadlineReader, out *responseWriter) (requestDone, bool, error) {
+	x := &inFlight{c: c, start: time.Now()}
+	if x.req, x.err = parseRequest(line); x.err == nil {
+		x.m, x.known = s.methods[x.req.method]
+		x.call = &call{ctx: s.ctx, srv: s, peer: c.peer, method: x.req.method, params: x.req.params, tc: c.tc}
+		s.authorize(x)
+		s.findBody(x, in, dr)
+		if x.err == nil {
+			s.invoke(x)
 		}
-		r := &response{ID: rid}
-		if rerr != nil {
-			var re *rpcError
-			if !errors.As(rerr, &re) {
-				s.log.Error("internal error", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "method", req.method, "err", rerr)
-				re = errorf(kindInternal, "internal error: %v", rerr)
+		s.settle(x)
+	}
+	done := requestDone{duration: time.Since(x.start), err: x.err}
+	if x.call != nil {
+		done.method = x.req.method
+	}
+	return done, x.close, s.reply(x, out)
+}
+
+// authorize checks that the client is still trusted (a changed trust list
+// is looked at again; an unchanged one only for expiry), that the method
+// exists and that the client's entry allows it.
+func (s *server) authorize(x *inFlight) {
+	c := x.c
+	list := s.trust.current()
+	var entry *trustEntry
+	var err error
+	if list == c.list {
+		entry, err = c.peer.entry, c.peer.entry.admits(addrIP(c.peer.addr), time.Now())
+	} else if entry, err = list.lookup(c.peer.thumbprint, c.peer.addr, time.Now()); err == nil {
+		c.peer.entry, c.list = entry, list
+	}
+	switch {
+	case err != nil:
+		x.err, x.close = errorf(kindRevoked, "this client is no longer trusted: %v", err), true
+	case !x.known:
+		x.err = errorf(kindMethodNotFound, "unknown method %q", x.req.method)
+	case !entry.allows(x.m.groups):
+		x.err = errorf(kindForbidden, "trust entry %q does not allow %s (allow=%s)", entry.Name, x.req.method, strings.Join(entry.Allow, ","))
+	}
+}
+
+// findBody finds a body-carrying method's body, even for a refused request,
+// so that the stream stays in step. Without a readable size it cannot be
+// found: the request is answered with why, and the connection closed.
+func (s *server) findBody(x *inFlight, in *bufio.Reader, dr *deadlineReader) {
+	if !x.known || !x.m.body || x.close {
+		return
+	}
+	size, err := bodySize(x.req.params)
+	if err != nil {
+		if x.err == nil {
+			x.err = errorf(kindInvalidParams, "%v; the connection is closed because its body cannot be found", err)
+		}
+		x.close = true
+		return
+	}
+	x.call.bodySize = size
+	x.call.body = &bodyReader{r: io.LimitReader(in, size), dr: dr, timeout: s.cfg.Limits.BodyTimeout}
+}
+
+// invoke runs the method. A panic in it is the agent's fault: it is logged
+// with its stack and answered as internal, and the agent goes on serving.
+func (s *server) invoke(x *inFlight) {
+	x.c.setMethod(x.req.method)
+	defer x.c.setMethod("")
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("request handler panicked", "peer", x.c.peer.addr.String(), "thumbprint", x.c.peer.thumbprint,
+				"method", x.req.method, "panic", r, "stack", string(debug.Stack()))
+			x.result, x.call.replyBody = nil, nil
+			x.err = errorf(kindInternal, "internal error: the agent failed on this request (its log has the details)")
+		}
+	}()
+	x.result, x.err = x.m.fn(x.call)
+}
+
+// settle discards what the method left unread of its body (up to
+// maxDiscard; past that, or on a broken stream, the connection closes) and
+// writes the audit line of a changing method.
+func (s *server) settle(x *inFlight) {
+	if b, ok := x.call.body.(*bodyReader); ok && !x.close {
+		switch left := x.call.bodySize - b.n; {
+		case b.err != nil || left > maxDiscard:
+			x.close = true // the stream is broken, or too much to skip
+		case left > 0:
+			if _, err := io.Copy(io.Discard, b); err != nil {
+				x.close = true
 			}
-			r.Error = re
-		} else {
-			r.Result = result
 		}
-		return s.writeResponse(bw, enc, r)
-	}
-	if perr != nil {
-		if req == nil || req.method == "" {
-			notify = false // an unreadable request always gets its error
+		if x.close && x.err == nil && x.call.replyBody == nil {
+			x.err = errorf(kindTooLarge, "the request's body was not read")
 		}
-		c.done = requestDone{"", time.Since(start), perr}
-		return false, reply(nil, perr)
 	}
-	m, known := methods[req.method]
-	cl := &call{ctx: s.ctx, srv: s, peer: c.peer, method: req.method, params: req.params, tc: c.tc}
+	if x.known && x.m.mutates && s.audit != nil {
+		s.audit.record(x.call, x.start, x.err)
+	}
+}
 
-	// Find the body first, so even a refused request keeps the stream in
-	// step. Without a readable size the stream cannot be kept in step: the
-	// request is answered (by the most telling error) and the connection
-	// closed.
-	var sizeErr error
-	if known && m.body {
-		size, serr := bodySize(req.params)
-		if serr != nil {
-			sizeErr = errorf(kindInvalidParams, "%v; the connection is closed because its body cannot be found", serr)
-			closeAfter = true
-		} else {
-			cl.bodySize = size
-			cl.body = &bodyReader{r: io.LimitReader(br, size), dr: dr, timeout: s.cfg.Limits.BodyTimeout}
-		}
+// reply writes the answer, and the reply body a method set. A
+// notification gets none, unless its line was refused as a request (then
+// it is not known to be a notification: PROTOCOL §3 answers every refused
+// line) or its connection closes (the answer says why).
+func (s *server) reply(x *inFlight, out *responseWriter) error {
+	r := &response{}
+	if x.req != nil {
+		r.ID = x.req.id
 	}
-	skipBody := func() (bool, error) {
-		if cl.body == nil {
-			return false, nil
-		}
-		b := cl.body.(*bodyReader)
-		if b.err != nil {
-			return true, nil // the stream is broken
-		}
-		left := cl.bodySize - b.n
-		if left == 0 {
-			return false, nil
-		}
-		if left > maxDiscard {
-			return true, nil
-		}
-		if _, err := io.Copy(io.Discard, b); err != nil {
-			return true, err
-		}
-		return false, nil
+	if r.ID == nil && x.call != nil && !x.close {
+		return nil
 	}
-
-	var result any
-	var herr error
-	switch entry, terr := s.trust.lookup(c.peer.thumbprint, c.peer.addr, time.Now()); {
-	case terr != nil:
-		herr = errorf(kindRevoked, "this client is no longer trusted: %v", terr)
-		closeAfter = true
-	case !known:
-		herr = errorf(kindMethodNotFound, "unknown method %q", req.method)
-	case !entry.allows(m.groups):
-		c.peer.entry = entry
-		herr = errorf(kindForbidden, "trust entry %q does not allow %s (allow=%s)", entry.Name, req.method, strings.Join(entry.Allow, ","))
-	case sizeErr != nil:
-		c.peer.entry = entry
-		herr = sizeErr
-	default:
-		c.peer.entry = entry
-		result, herr = m.fn(cl)
-	}
-	var stuck bool
-	var berr error
-	if closeAfter {
-		notify = false // the answer says why the connection closes
+	if x.err != nil {
+		var re *rpcError
+		if !errors.As(x.err, &re) {
+			s.log.Error("internal error", "peer", x.c.peer.addr.String(), "thumbprint", x.c.peer.thumbprint, "method", x.req.method, "err", x.err)
+			re = errorf(kindInternal, "internal error: %v", x.err)
+		}
+		r.Error = re
 	} else {
-		stuck, berr = skipBody()
-		closeAfter = stuck
+		r.Result = x.result
 	}
-	if stuck && herr == nil && cl.replyBody == nil {
-		herr = errorf(kindTooLarge, "the request's body was not read")
+	if err := out.write(r); err != nil {
+		return err
 	}
-	if known && m.mutates && s.audit != nil {
-		s.audit.record(cl, start, herr)
-	}
-	c.done = requestDone{req.method, time.Since(start), herr}
-	if werr := reply(result, herr); werr != nil {
-		return true, werr
-	}
-	if cl.replyBody != nil && herr == nil {
-		if werr := cl.replyBody(bw); werr != nil {
+	if x.err == nil && x.call.replyBody != nil {
+		if err := x.call.replyBody(out.bw); err != nil {
 			// The promised size can no longer be kept: end the connection.
-			s.log.Error("failed to send a body", "peer", c.peer.addr.String(), "method", req.method, "err", werr)
-			return true, werr
+			s.log.Error("failed to send a body", "peer", x.c.peer.addr.String(), "method", x.req.method, "err", err)
+			return err
 		}
 	}
-	return closeAfter, berr
-}
-
-// bodySize reads the size a body-carrying request declares.
-func bodySize(params json.RawMessage) (int64, error) {
-	var p struct {
-		Size *int64 `json:"size"`
-	}
-	if len(params) > 0 {
-		var m map[string]json.RawMessage
-		json.Unmarshal(params, &m)
-		if raw, ok := m["size"]; ok {
-			if err := json.Unmarshal(raw, &p.Size); err != nil || p.Size == nil {
-				return 0, errors.New(`"size" must be a non-negative integer`)
-			}
-		}
-	}
-	if p.Size == nil {
-		return 0, errors.New(`missing field "size" in params: this method takes a body of that many bytes`)
-	}
-	if *p.Size < 0 {
-		return 0, errors.New(`"size" must be a non-negative integer`)
-	}
-	return *p.Size, nil
-}
-
-// bodyReader reads a request's body under the body timeout and remembers
-// how much was read and whether the stream broke.
-type bodyReader struct {
-	r       io.Reader
-	dr      *deadlineReader
-	timeout time.Duration
-	n       int64
-	err     error // a read error other than the body's end: the stream is broken
-}
-
-func (b *bodyReader) Read(p []byte) (int, error) {
-	if b.err != nil {
-		return 0, b.err
-	}
-	prev := b.dr.timeout
-	b.dr.timeout = b.timeout
-	n, err := b.r.Read(p)
-	b.dr.timeout = prev
-	b.n += int64(n)
-	if err != nil && err != io.EOF {
-		b.err = err
-	}
-	return n, err
+	return nil
 }
 
 // requestDone is what the request log line says of a handled request.
@@ -542,25 +506,19 @@ type requestDone struct {
 	err      error
 }
 
-// logRequest writes the one line per request. The loop calls it after the
-// answer is sent, so the log write is off the client's round trip.
-func (s *server) logRequest(c *conn) {
-	method, err := c.done.method, c.done.err
+// logRequest writes the one line per request.
+func (s *server) logRequest(c *conn, d requestDone) {
 	outcome := "ok"
-	if err != nil {
+	if d.err != nil {
 		var re *rpcError
-		if errors.As(err, &re) {
+		if errors.As(d.err, &re) {
 			outcome = re.Kind()
 		} else {
 			outcome = kindInternal
 		}
 	}
-	name := ""
-	if c.peer.entry != nil {
-		name = c.peer.entry.Name
-	}
-	s.log.Log(s.ctx, connLevel(c.peer.entry), "request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", name,
-		"method", method, "duration", c.done.duration.Round(time.Microsecond), "outcome", outcome)
+	s.log.Log(s.ctx, connLevel(c.peer.entry), "request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", c.peer.entry.Name,
+		"method", d.method, "duration", d.duration.Round(time.Microsecond), "outcome", outcome)
 }
 
 // connLevel is the level of a connection's log lines: the agent's own
@@ -571,167 +529,4 @@ func connLevel(e *trustEntry) slog.Level {
 		return slog.LevelDebug
 	}
 	return slog.LevelInfo
-}
-
-// shutdown stops accepting, lets requests in flight finish within ctx, then
-// closes what is left.
-func (s *server) shutdown(ctx context.Context) {
-	s.mu.Lock()
-	s.closing = true
-	conns := slices.Collect(func(yield func(*conn) bool) {
-		for c := range s.conns {
-			if !yield(c) {
-				return
-			}
-		}
-	})
-	s.mu.Unlock()
-	s.stop()
-	for _, c := range conns {
-		c.mu.Lock()
-		if c.idle {
-			c.tc.SetReadDeadline(time.Now()) // wakes the loop, which sees closing
-		}
-		c.mu.Unlock()
-	}
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for c := range s.conns {
-			c.tc.Close()
-		}
-		s.mu.Unlock()
-		<-done
-	}
-}
-
-// runAgent runs the agent until SIGINT or SIGTERM.
-func runAgent(cfg *config, logw io.Writer, ready func(*server, net.Addr)) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return runAgentContext(ctx, cfg, logw, ready)
-}
-
-// runAgentContext runs the agent until ctx is done, then shuts down
-// gracefully. ready, if not nil, is called once the agent is listening.
-func runAgentContext(ctx context.Context, cfg *config, logw io.Writer, ready func(*server, net.Addr)) error {
-	log := newLogger(cfg.LogFormat, logw)
-	defer startReaper(log)() // orphans of jobs (reaper_linux.go)
-	s, err := newServer(cfg, log)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		s.close()
-		return fmt.Errorf("failed to listen on %q: %v", cfg.Listen, err)
-	}
-	log.Info("listening", "addr", ln.Addr().String(), "thumbprint", s.id.thumbprint, "home", cfg.Home, "version", versionString())
-	if ready != nil {
-		ready(s, ln.Addr())
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.serve(ln) }()
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "grace", cfg.ShutdownGrace)
-	case err := <-done:
-		ln.Close()
-		s.close()
-		return err
-	}
-	ln.Close()
-	grace, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
-	defer cancel()
-	s.shutdown(grace)
-	<-done
-	s.jobs.shutdown(grace)
-	s.close()
-	log.Info("stopped")
-	return nil
-}
-
-// newLogger makes the agent's slog logger: text by default, JSON by flag.
-func newLogger(format string, w io.Writer) *slog.Logger {
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
-	}
-	return slog.New(slog.NewTextHandler(w, nil))
-}
-
-// newServer prepares the home, identity, trust list and subsystems.
-func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
-	if err := prepareHome(cfg.Home); err != nil {
-		return nil, err
-	}
-	unlock, err := lockHome(cfg.Home)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			unlock()
-		}
-	}()
-	var id *identity
-	if cfg.CertFile != "" {
-		id, err = loadIdentity(cfg.KeyFile, cfg.CertFile)
-	} else {
-		var created bytes.Buffer
-		id, err = ensureIdentity(cfg, &created)
-		if created.Len() > 0 {
-			log.Info("created identity", "cert", cfg.certPath(), "key", cfg.keyPath(), "thumbprint", id.thumbprint)
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	env, err := parseTrustEnv(os.Getenv("TENTACLE_TRUST"))
-	if err != nil {
-		return nil, err
-	}
-	self := &trustEntry{Thumbprint: id.thumbprint, Name: "self (health probe)", Allow: []string{"read"}, self: true}
-	trustPath := cfg.trustPath()
-	onReload := func(problems []string, servers int) {
-		for _, p := range problems {
-			log.Warn("trust list problem", "problem", p)
-		}
-		if servers == 0 {
-			log.Warn("no trusted servers: nobody can connect yet", "fix", "add one with \""+trustAddCommand(cfg.Home)+"\" (or set TENTACLE_TRUST)", "trust_file", trustPath)
-		} else {
-			log.Info("trust list loaded", "trusted_servers", servers, "trust_file", trustPath)
-		}
-	}
-	sctx, cancel := context.WithCancel(context.Background())
-	s := &server{
-		cfg: cfg, log: log, id: id, started: time.Now(), ctx: sctx, stop: cancel,
-		conns: map[*conn]struct{}{}, startups: map[string]int{}, unlock: unlock,
-	}
-	s.trust = newTrustStore(trustPath, self, env, onReload)
-	s.tlsConf = s.serverTLSConfig()
-	if s.jobs, err = newJobManager(cfg, log); err != nil {
-		return nil, err
-	}
-	if s.pkgs, err = newPackageCache(cfg, log); err != nil {
-		return nil, err
-	}
-	if s.apps, err = newDeployManager(cfg, log, s.jobs, s.pkgs); err != nil {
-		return nil, err
-	}
-	if s.audit, err = openAuditLog(cfg.auditPath(), cfg.AuditMaxSize); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// close releases what newServer opened.
-func (s *server) close() {
-	s.stop()
-	defer s.unlock()
-	if s.audit != nil {
-		s.audit.close()
-	}
 }

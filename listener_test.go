@@ -5,8 +5,10 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -225,7 +227,7 @@ func TestAllowGroups(t *testing.T) {
 			t.Errorf("allows(%v) = %v, want %v", tt.groups, got, tt.want)
 		}
 	}
-	for name, m := range methods {
+	for name, m := range protocolMethods() {
 		if !e.allows(m.groups) {
 			err := c.call(name, map[string]any{}, nil)
 			if rpcKind(err) != kindForbidden {
@@ -835,4 +837,83 @@ func TestShutdownAnswersRequestInFlight(t *testing.T) {
 	if err := c.call("job.status", map[string]any{"ticket": started.Ticket}, &done); err != nil || done.Outcome != "success" {
 		t.Fatalf("job running at shutdown: %+v, %v; want it waited for and successful", done, err)
 	}
+}
+
+// TestShutdownWakesIdleConnectionAtOnce: shutdown that lands after a
+// connection has been marked idle but before its next read still ends that
+// connection at once, not after the idle timeout (nor the whole grace).
+func TestShutdownWakesIdleConnectionAtOnce(t *testing.T) {
+	a := startAgent(t, func(c *config) { c.ShutdownGrace = 30 * time.Second; c.Limits.IdleTimeout = 10 * time.Minute })
+	idles := 0 // one connection: the hook runs on its goroutine only
+	a.srv.testHookIdle = func() {
+		if idles++; idles == 2 { // idle again after the ping was answered
+			a.srv.beginShutdown() // in the window between idle and the read
+		}
+	}
+	c := a.dial(t)
+	if err := c.call("ping", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The agent marks the connection idle after the answer, runs the hook
+	// (shutdown begins), then reads: it must see the shutdown and close.
+	c.tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle connection still open 5s after shutdown began: %v", err)
+	}
+	start := time.Now()
+	a.stop()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("shutdown with an idle connection took %s", d)
+	}
+}
+
+// TestHandlerPanicIsInternal: a request handler that panics is answered
+// with internal, and the agent goes on serving: the same connection, new
+// ones, and a job that was running meanwhile.
+func TestHandlerPanicIsInternal(t *testing.T) {
+	a := startAgent(t, withMethod("test.panic", method{groups: []string{"read"}, fn: func(*call) (any, error) {
+		panic("handler bug")
+	}}))
+	c := a.dial(t)
+	var started struct {
+		Ticket string `json:"ticket"`
+	}
+	if err := c.call("script.start", map[string]any{"script": "sleep 0.3; echo survived"}, &started); err != nil {
+		t.Fatal(err)
+	}
+	err := c.call("test.panic", nil, nil)
+	if rpcKind(err) != kindInternal {
+		t.Fatalf("panicking handler: %v, want internal", err)
+	}
+	if err := c.call("ping", nil, nil); err != nil {
+		t.Fatalf("same connection after the panic: %v", err)
+	}
+	if err := a.dial(t).call("ping", nil, nil); err != nil {
+		t.Fatalf("new connection after the panic: %v", err)
+	}
+	var st struct {
+		Outcome string            `json:"outcome"`
+		Logs    []json.RawMessage `json:"logs"`
+	}
+	if err := c.call("job.status", map[string]any{"ticket": started.Ticket, "wait_ms": 10000, "after": 1 << 40}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the job to finish", 10*time.Second, func() bool {
+		return c.call("job.status", map[string]any{"ticket": started.Ticket}, &st) == nil && st.Outcome != ""
+	})
+	if st.Outcome != "success" || !strings.Contains(fmt.Sprint(string(bytes.Join(rawLines(st.Logs), nil))), "survived") {
+		t.Fatalf("job running across the panic: outcome %q, logs %s", st.Outcome, rawLines(st.Logs))
+	}
+	if !strings.Contains(a.logs.String(), "request handler panicked") || !strings.Contains(a.logs.String(), "handler bug") {
+		t.Fatalf("the panic is not in the agent's log:\n%s", a.logs)
+	}
+}
+
+// rawLines turns raw JSON values into byte slices, for messages.
+func rawLines(rs []json.RawMessage) [][]byte {
+	out := make([][]byte, len(rs))
+	for i, r := range rs {
+		out[i] = r
+	}
+	return out
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -200,7 +201,7 @@ func waitInFlight(t testing.TB, a *testAgent) {
 		defer a.srv.mu.Unlock()
 		for cn := range a.srv.conns {
 			cn.mu.Lock()
-			busy := !cn.idle
+			busy := cn.method != "" // in its method, not merely read
 			cn.mu.Unlock()
 			if busy {
 				return true
@@ -277,3 +278,19 @@ func TestCLIUsage(t *testing.T) {
 		t.Fatalf("TENTACLE_HOME not used: %q vs %q", again, out)
 	}
 }
+
+// raceDetector is whether this test binary was built with -race: tests too
+// slow under it skip. Read from the build settings, so that no build-tagged
+// pair of files is needed for one constant.
+var raceDetector = func() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
+}()

@@ -23,13 +23,20 @@ import (
 	"time"
 )
 
-// registerTestMethod adds a method for the length of one test (before its
-// agent starts; removed after it stops, as cleanups run last-in first-out).
-func registerTestMethod(t *testing.T, name string, m method) {
-	t.Helper()
-	register(name, m)
-	t.Cleanup(func() { delete(methods, name) })
+// withMethod is the agent option that serves one more method, beside the
+// protocol's table, in that test's agent only.
+func withMethod(name string, m method) func(*config) {
+	return func(c *config) {
+		if c.extraMethods == nil {
+			c.extraMethods = map[string]method{}
+		}
+		c.extraMethods[name] = m
+	}
 }
+
+// testChange is the test's mutating method, as the other subsystems
+// declare theirs.
+var testChange = withMethod("test.change", method{groups: []string{"script"}, mutates: true, fn: handleTestChange})
 
 // changeParams are the params of the test's mutating method.
 type changeParams struct {
@@ -79,13 +86,12 @@ func readAuditLines(t *testing.T, home string) []auditEntry {
 }
 
 func TestAuditTrail(t *testing.T) {
-	registerTestMethod(t, "test.change", method{groups: []string{"script"}, mutates: true, fn: handleTestChange})
 	readerHome := t.TempDir()
 	reader, err := newIdentity(filepath.Join(readerHome, "tentacle.key"), filepath.Join(readerHome, "tentacle.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := startAgent(t)
+	a := startAgent(t, testChange)
 	writeTrust(t, a.home, a.client.thumbprint+" test-client\n"+reader.thumbprint+" allow=read reader\n")
 	c := a.dial(t)
 
@@ -195,9 +201,8 @@ func cmpOr(a, b string) string {
 }
 
 func TestAuditRotationUnderLoad(t *testing.T) {
-	registerTestMethod(t, "test.change", method{groups: []string{"script"}, mutates: true, fn: handleTestChange})
 	const maxSize = 24 << 10
-	a := startAgent(t, func(c *config) { c.AuditMaxSize = maxSize })
+	a := startAgent(t, testChange, func(c *config) { c.AuditMaxSize = maxSize })
 	const workers, each = 8, 25
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -394,8 +399,12 @@ func TestHealth(t *testing.T) {
 	if err := a.dial(t).call("ping", nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if logs := a.logs.String(); strings.Contains(logs, "self (health probe)") || !strings.Contains(logs, `name=test-client`) {
-		t.Fatalf("health probes logged at info, or real clients not:\n%s", logs)
+	// The request line is written after the answer has left: wait for it.
+	waitFor(t, "the real client's request in the log", 5*time.Second, func() bool {
+		return strings.Contains(a.logs.String(), `name=test-client`)
+	})
+	if logs := a.logs.String(); strings.Contains(logs, "self (health probe)") {
+		t.Fatalf("health probes logged at info:\n%s", logs)
 	}
 }
 
@@ -815,10 +824,7 @@ func TestServiceCommand(t *testing.T) {
 // the same method over the same connection, registered once as changing
 // (audited) and once not, in the same run.
 func BenchmarkAuditedRequest(b *testing.B) {
-	register("test.change", method{groups: []string{"script"}, mutates: true, fn: handleTestChange})
-	register("test.nochange", method{groups: []string{"script"}, fn: handleTestChange})
-	b.Cleanup(func() { delete(methods, "test.change"); delete(methods, "test.nochange") })
-	a := startAgent(b)
+	a := startAgent(b, testChange, withMethod("test.nochange", method{groups: []string{"script"}, fn: handleTestChange}))
 	c, err := dialAgent(a.addr, a.client, a.thumbprint, "", 5*time.Second, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -11,11 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"reflect"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
@@ -90,24 +91,40 @@ type method struct {
 	fn      func(*call) (any, error)
 }
 
-// methods is filled by register calls from each concern's file at init.
-var methods = map[string]method{}
+// Method groups of the protocol's table (PROTOCOL §2 allow=).
+var (
+	groupRead       = []string{"read"}
+	groupScript     = []string{"script"}
+	groupFile       = []string{"file"}
+	groupDeploy     = []string{"deploy"}
+	groupJobControl = []string{"script", "deploy"} // either may cancel and complete
+)
 
-func register(name string, m method) {
-	if _, dup := methods[name]; dup {
-		panic("method registered twice: " + name)
-	}
-	methods[name] = m
-}
+// protocolMethods is the protocol's method table (PROTOCOL §5), the one
+// place a method is declared: who may call it, whether it takes a body, and
+// whether it changes something (and so is audited). A function rather than
+// a variable because info, one of its entries, lists the table. Tests add
+// methods through config.extraMethods, never by changing this table.
+func protocolMethods() map[string]method {
+	return map[string]method{
+		"ping": {groups: groupRead, fn: handlePing},
+		"info": {groups: groupRead, fn: handleInfo},
 
-// methodNames returns the registered methods, sorted, for info.
-func methodNames() []string {
-	names := make([]string, 0, len(methods))
-	for n := range methods {
-		names = append(names, n)
+		"script.start": {groups: groupScript, mutates: true, fn: handleScriptStart},
+		"job.status":   {groups: groupRead, fn: handleJobStatus},
+		"job.cancel":   {groups: groupJobControl, mutates: true, fn: handleJobCancel},
+		"job.complete": {groups: groupJobControl, mutates: true, fn: handleJobComplete},
+		"job.list":     {groups: groupRead, fn: handleJobList},
+
+		"file.upload":    {groups: groupFile, body: true, mutates: true, fn: handleFileUpload},
+		"file.download":  {groups: groupFile, fn: handleFileDownload},
+		"package.stat":   {groups: groupDeploy, fn: handlePackageStat},
+		"package.upload": {groups: groupDeploy, body: true, mutates: true, fn: handlePackageUpload},
+
+		"deploy.start":    {groups: groupDeploy, mutates: true, fn: handleDeployStart},
+		"deploy.list":     {groups: groupRead, fn: handleDeployList},
+		"deploy.rollback": {groups: groupDeploy, mutates: true, fn: handleDeployRollback},
 	}
-	sort.Strings(names)
-	return names
 }
 
 // peer is the trusted party on one connection.
@@ -207,14 +224,11 @@ func typeName(t reflect.Type) string {
 	return "another type"
 }
 
-func init() {
-	register("ping", method{groups: []string{"read"}, fn: func(c *call) (any, error) {
-		if err := decodeParams(c.params, &struct{}{}); err != nil {
-			return nil, err
-		}
-		return pong, nil
-	}})
-	register("info", method{groups: []string{"read"}, fn: handleInfo})
+func handlePing(c *call) (any, error) {
+	if err := decodeParams(c.params, &struct{}{}); err != nil {
+		return nil, err
+	}
+	return pong, nil
 }
 
 var pong = map[string]bool{"pong": true}
@@ -226,7 +240,7 @@ func handleInfo(c *call) (any, error) {
 	host, _ := os.Hostname()
 	l := c.srv.cfg.Limits
 	return map[string]any{
-		"name": "tentacle", "version": versionString(), "protocol": 1, "methods": methodNames(),
+		"name": "tentacle", "version": versionString(), "protocol": 1, "methods": slices.Sorted(maps.Keys(c.srv.methods)),
 		"os": runtime.GOOS, "arch": runtime.GOARCH, "hostname": host, "home": c.srv.cfg.Home,
 		"uptime_s":   int64(time.Since(c.srv.started).Seconds()),
 		"thumbprint": c.srv.id.thumbprint,

@@ -1059,7 +1059,7 @@ func declaredParams(line []byte) json.RawMessage {
 	if err != nil || req == nil || req.id == nil {
 		return nil
 	}
-	if m, ok := methods[req.method]; !ok || !m.body {
+	if m, ok := protocolMethods()[req.method]; !ok || !m.body {
 		return nil
 	}
 	return req.params

@@ -1,4 +1,4 @@
-//go:build !windows
+//go:build unix
 
 package main
 
@@ -8,10 +8,11 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"syscall"
 )
@@ -39,19 +40,17 @@ func signalGroup(pgid int, force bool) error {
 const killNeedsGrace = true
 
 // groupAlive reports whether group pgid still has a process that is not a
-// zombie. On Linux it looks in /proc, because orphans that nobody reaps
-// (a container whose PID 1 does not) stay as zombies and would otherwise
-// count as alive until the grace period ends.
+// zombie. Where there is a /proc (Linux) it looks there, because orphans
+// that nobody reaps (a container whose PID 1 does not) stay as zombies and
+// would otherwise count as alive until the grace period ends.
 func groupAlive(pgid int) bool {
-	if runtime.GOOS == "linux" {
-		if procs, ok := scanProcs(); ok {
-			for _, p := range procs {
-				if p.pgrp == pgid && p.state != 'Z' {
-					return true
-				}
+	if procs, ok := scanProcs(); ok {
+		for _, p := range procs {
+			if p.pgrp == pgid && p.state != 'Z' {
+				return true
 			}
-			return false
 		}
+		return false
 	}
 	err := syscall.Kill(-pgid, 0)
 	return err == nil || err == syscall.EPERM
@@ -59,11 +58,11 @@ func groupAlive(pgid int) bool {
 
 // processAlive reports whether pid is a live (not zombie) process.
 func processAlive(pid int) bool {
-	if runtime.GOOS == "linux" {
-		if p, ok := readProcStat(pid); ok {
-			return p.state != 'Z'
-		}
-		return false
+	if p, ok := readProcStat(pid); ok {
+		return p.state != 'Z'
+	}
+	if _, err := os.Stat("/proc/self/stat"); err == nil {
+		return false // a /proc without the pid: it is gone
 	}
 	err := syscall.Kill(pid, 0)
 	return err == nil || err == syscall.EPERM
@@ -73,10 +72,10 @@ func processAlive(pid int) bool {
 // died: the processes still in its process group pgid, but only those whose
 // environment carries TENTACLE_TICKET=ticket, so that a process group id
 // reused by an unrelated program is never touched. It needs /proc (Linux);
-// elsewhere nothing can be checked safely and nothing is killed. It returns
-// how many processes it killed.
+// without one nothing can be checked safely and nothing is killed. It
+// returns how many processes it killed.
 func killLeftovers(pgid int, ticket string) int {
-	if pgid <= 0 || runtime.GOOS != "linux" {
+	if pgid <= 0 {
 		return 0
 	}
 	procs, ok := scanProcs()
@@ -107,8 +106,8 @@ func killLeftovers(pgid int, ticket string) int {
 
 // procInfo is what /proc/<pid>/stat says about a process.
 type procInfo struct {
-	pid, pgrp int
-	state     byte
+	pid, ppid, pgrp int
+	state           byte
 }
 
 // scanProcs lists the processes in /proc.
@@ -131,7 +130,9 @@ func scanProcs() ([]procInfo, bool) {
 }
 
 // readProcStat parses /proc/<pid>/stat: "pid (comm) state ppid pgrp …",
-// where comm may itself hold spaces and parentheses.
+// where comm may itself hold spaces and parentheses, so the fields are found
+// after the last ')'. This is the one /proc/PID/stat parser: the job kill
+// sequence and the orphan reaper both use it.
 func readProcStat(pid int) (procInfo, bool) {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
@@ -145,11 +146,12 @@ func readProcStat(pid int) (procInfo, bool) {
 	if len(f) < 3 || len(f[0]) != 1 {
 		return procInfo{}, false
 	}
-	pgrp, err := strconv.Atoi(string(f[2]))
-	if err != nil {
+	ppid, err1 := strconv.Atoi(string(f[1]))
+	pgrp, err2 := strconv.Atoi(string(f[2]))
+	if err1 != nil || err2 != nil {
 		return procInfo{}, false
 	}
-	return procInfo{pid: pid, pgrp: pgrp, state: f[0][0]}, true
+	return procInfo{pid: pid, ppid: ppid, pgrp: pgrp, state: f[0][0]}, true
 }
 
 // exitStatus is a finished process's exit code, or 128 + the signal that
@@ -162,4 +164,42 @@ func exitStatus(ps *os.ProcessState) int {
 		return 128 + int(ws.Signal())
 	}
 	return ps.ExitCode()
+}
+
+// freeSpace returns the bytes an unprivileged writer may still use on the
+// filesystem holding dir (statfs's f_bavail: root's reserved blocks are not
+// counted, so an agent running as root still leaves them alone).
+func freeSpace(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(uint64(st.Bavail) * uint64(st.Bsize)), nil
+}
+
+// isDiskFull reports whether err means the disk (or the user's quota) is
+// full.
+func isDiskFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// isReadOnlyFS reports a read-only file system (a --read-only container
+// without a volume for the home).
+func isReadOnlyFS(err error) bool { return errors.Is(err, syscall.EROFS) }
+
+// lockHome takes an exclusive lock on <home>/agent.lock, so that a second
+// agent on the same home (which would mark the first one's jobs lost and
+// kill them) refuses to start. The kernel drops the lock when the process
+// dies, so a crash leaves nothing stale.
+func lockHome(home string) (release func(), err error) {
+	path := home + string(os.PathSeparator) + "agent.lock"
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open lock %q: %v", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another agent is running on home %q (it holds %q): stop it first, or use another -home", home, path)
+	}
+	return func() { f.Close() }, nil
 }

@@ -282,3 +282,72 @@ func isScratch(name string) bool {
 	return strings.HasPrefix(name, sparePrefix) || strings.HasPrefix(name, trashPrefix) ||
 		strings.HasPrefix(name, "."+journalName+".tmp")
 }
+
+// jobState is a job's state as the journal keeps it.
+type jobState struct {
+	Ticket   string          `json:"ticket"`
+	Kind     string          `json:"kind"`
+	Mutex    string          `json:"mutex"`
+	Full     bool            `json:"full,omitempty"`
+	State    string          `json:"state"`
+	Outcome  string          `json:"outcome,omitempty"`
+	ExitCode *int            `json:"exit_code,omitempty"`
+	Created  time.Time       `json:"created"`
+	Started  *time.Time      `json:"started,omitempty"`
+	Finished *time.Time      `json:"finished,omitempty"`
+	PGID     int             `json:"pgid,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+}
+
+// loadJobs reads the jobs of an earlier run from the journal. Finished
+// jobs stay readable; jobs that were queued or running end as lost, and what
+// is left of a running job's process group is killed when it can be told
+// apart safely (see killLeftovers). Work directories the journal does not
+// know (the agent stopped while making or removing them) are removed.
+func (m *jobManager) loadJobs() error {
+	root := m.cfg.workDir()
+	jr, states, err := openJournal(filepath.Join(root, journalName))
+	if err != nil {
+		return err
+	}
+	m.journal = jr
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("failed to read the work folder %q: %v", root, err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if _, known := states[name]; isScratch(name) || (e.IsDir() && validTicket(name) && !known) {
+			if err := os.RemoveAll(filepath.Join(root, name)); err != nil {
+				m.log.Warn("failed to remove a leftover work directory", "path", filepath.Join(root, name), "err", err)
+			}
+		}
+	}
+	for id, st := range states {
+		j := m.newJob(id, st.Kind, st.Mutex, st.Full)
+		j.state, j.outcome, j.exitCode, j.created, j.result = st.State, st.Outcome, st.ExitCode, st.Created, st.Result
+		if st.Started != nil {
+			j.started = *st.Started
+		}
+		if st.Finished != nil {
+			j.finished = *st.Finished
+		}
+		if err := j.log.load(); err != nil {
+			m.log.Warn("unreadable job log", "ticket", j.id, "err", err)
+		}
+		if j.state != stateDone {
+			if n := killLeftovers(st.PGID, j.id); n > 0 {
+				j.logf("killed %d process(es) left over in process group %d", n, st.PGID)
+			}
+			if j.state == stateQueued {
+				j.logf("the agent stopped before this job could start")
+			} else {
+				j.logf("the agent stopped while this job was running: its outcome is unknown")
+			}
+			j.end(outcomeLost)
+			m.log.Warn("job lost: the agent stopped while it was queued or running", "ticket", j.id, "kind", j.kind)
+		}
+		m.jobs[j.id] = j
+	}
+	return nil
+}

@@ -1,6 +1,6 @@
 package main
 
-// reaper_linux_test.go: the orphan reaper, in this process and with the
+// sys_linux_test.go: the orphan reaper, in this process and with the
 // agent as PID 1 of its own pid namespace (unshare), as in a container.
 
 import (
@@ -50,8 +50,8 @@ func TestReaperKeepsExitStatuses(t *testing.T) {
 	jobPid, directPid := job.Process.Pid, direct.Process.Pid
 
 	waitFor(t, "the job to exit (as a zombie nobody has waited for yet)", 10*time.Second, func() bool {
-		s, _, err := procStat(jobPid)
-		return err == nil && s == 'Z' && strings.Count(out.String(), "\n") == 50
+		p, ok := readProcStat(jobPid)
+		return ok && p.state == 'Z' && strings.Count(out.String(), "\n") == 50
 	})
 	var orphans []int
 	for _, f := range strings.Fields(out.String()) {
@@ -64,7 +64,7 @@ func TestReaperKeepsExitStatuses(t *testing.T) {
 	// The subreaper got them: they are this process's children now.
 	adopted := 0
 	for _, pid := range orphans {
-		if _, ppid, err := procStat(pid); err == nil && ppid == me {
+		if p, ok := readProcStat(pid); ok && p.ppid == me {
 			adopted++
 		}
 	}
@@ -74,7 +74,7 @@ func TestReaperKeepsExitStatuses(t *testing.T) {
 	// They exit after a second; none may stay a zombie.
 	waitFor(t, "the orphans to exit and be reaped", 20*time.Second, func() bool {
 		for _, pid := range orphans {
-			if _, ppid, err := procStat(pid); err == nil && ppid == me {
+			if p, ok := readProcStat(pid); ok && p.ppid == me {
 				return false
 			}
 		}
@@ -83,8 +83,8 @@ func TestReaperKeepsExitStatuses(t *testing.T) {
 	// The job and the direct child were left for their owners, many sweeps
 	// later, with their exit statuses.
 	for _, pid := range []int{jobPid, directPid} {
-		if s, _, err := procStat(pid); err != nil || s != 'Z' {
-			t.Fatalf("pid %d was reaped by the reaper (state %c, %v)", pid, s, err)
+		if p, ok := readProcStat(pid); !ok || p.state != 'Z' {
+			t.Fatalf("pid %d was reaped by the reaper (state %c, found %v)", pid, p.state, ok)
 		}
 	}
 	if err := waitChild(job); job.ProcessState.ExitCode() != 7 {
@@ -208,7 +208,7 @@ func TestAgentAsPID1(t *testing.T) {
 	if err := cc.call("ping", nil, nil); err != nil {
 		t.Fatalf("agent stopped serving: %v", err)
 	}
-	if _, ok := methods["script.start"]; ok {
+	if _, ok := protocolMethods()["script.start"]; ok {
 		pid1Job(t, cc, agent)
 	} else {
 		t.Log("no script.start in this build (the jobs issue is not merged): orphans left by nsenter only")

@@ -10,10 +10,13 @@ package main
 // died are not looked for.
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
+	"unsafe"
 )
 
 // setProcessGroup starts cmd in a new process group, so that a Ctrl-C meant
@@ -68,4 +71,51 @@ func exitStatus(ps *os.ProcessState) int {
 		return -1
 	}
 	return ps.ExitCode()
+}
+
+var procGetDiskFreeSpaceExW = syscall.NewLazyDLL("kernel32.dll").NewProc("GetDiskFreeSpaceExW")
+
+// freeSpace returns the bytes available to this user on the volume holding
+// dir (GetDiskFreeSpaceEx honours quotas).
+func freeSpace(dir string) (int64, error) {
+	p, err := syscall.UTF16PtrFromString(dir)
+	if err != nil {
+		return 0, err
+	}
+	var avail, total, free uint64
+	r, _, e := procGetDiskFreeSpaceExW.Call(uintptr(unsafe.Pointer(p)),
+		uintptr(unsafe.Pointer(&avail)), uintptr(unsafe.Pointer(&total)), uintptr(unsafe.Pointer(&free)))
+	if r == 0 {
+		return 0, e
+	}
+	return int64(avail), nil
+}
+
+// Windows error codes for a full disk (winerror.h).
+const (
+	errorHandleDiskFull syscall.Errno = 39
+	errorDiskFull       syscall.Errno = 112
+)
+
+// isDiskFull reports whether err means the disk is full.
+func isDiskFull(err error) bool {
+	return errors.Is(err, errorDiskFull) || errors.Is(err, errorHandleDiskFull)
+}
+
+// isReadOnlyFS: Windows reports a read-only volume as access denied.
+func isReadOnlyFS(err error) bool { return false }
+
+// lockHome keeps <home>/agent.lock open for the agent's life. On Windows the
+// file is opened without sharing by deleting and recreating it: a second
+// agent fails to delete a file the first holds open.
+func lockHome(home string) (release func(), err error) {
+	path := home + string(os.PathSeparator) + "agent.lock"
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("another agent is running on home %q (it holds %q): stop it first, or use another -home", home, path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("another agent is running on home %q (it holds %q): stop it first, or use another -home", home, path)
+	}
+	return func() { f.Close(); os.Remove(path) }, nil
 }

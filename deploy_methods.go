@@ -1,0 +1,228 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// checkName refuses an app or version name outside PROTOCOL §5's shape.
+func checkName(field, s string) error {
+	if !validName(s) || !filepath.IsLocal(s) {
+		return errorf(kindInvalidParams, "%s %q: want 1 to 64 of A-Z a-z 0-9 . _ -, not starting with \".\"", field, s)
+	}
+	return nil
+}
+
+func handleDeployStart(c *call) (any, error) {
+	var p struct {
+		App       string            `json:"app,required"`
+		Version   string            `json:"version,required"`
+		Package   string            `json:"package,required"`
+		Format    string            `json:"format"`
+		Variables map[string]string `json:"variables"`
+		Retain    *int              `json:"retain"`
+		TimeoutS  float64           `json:"timeout_s"`
+		Shell     string            `json:"shell"`
+	}
+	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	if err := checkName("app", p.App); err != nil {
+		return nil, err
+	}
+	if err := checkName("version", p.Version); err != nil {
+		return nil, err
+	}
+	if p.Version == "current" || p.Version == "shared" {
+		return nil, errorf(kindInvalidParams, "version %q is reserved (it names the app's %s folder)", p.Version, p.Version)
+	}
+	switch p.Format {
+	case "", formatZip, formatTar, formatTarGz:
+	default:
+		return nil, errorf(kindInvalidParams, "format %q: want zip, tar or tar.gz (or leave it out to recognise it)", p.Format)
+	}
+	names := make([]string, 0, len(p.Variables))
+	for k, v := range p.Variables {
+		if !validVarName(k) || strings.HasPrefix(k, "TENTACLE_") || strings.ContainsRune(v, 0) {
+			return nil, errorf(kindInvalidParams, "variable %q: names are [A-Za-z_][A-Za-z0-9_]* and not TENTACLE_*, values hold no NUL", k)
+		}
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	retain := 5
+	if p.Retain != nil {
+		if retain = *p.Retain; retain < 1 {
+			return nil, errorf(kindInvalidParams, "retain must be at least 1 (the new release), not %d", retain)
+		}
+	}
+	if !(p.TimeoutS >= 0 && p.TimeoutS <= 1e9) {
+		return nil, errorf(kindInvalidParams, "timeout_s must be a number of seconds from 0 (none) to 1e9, not %v", p.TimeoutS)
+	}
+	interp, ext, err := resolveShell(p.Shell)
+	if err != nil {
+		return nil, err
+	}
+	if ext == "" {
+		ext = ".sh"
+	}
+	sha := strings.ToLower(p.Package)
+	if len(sha) != 64 || strings.Trim(sha, "0123456789abcdef") != "" {
+		return nil, errorf(kindInvalidParams, "package %q: want a SHA-256 in hex", p.Package)
+	}
+	// Audit the request's shape: variable names, never their values.
+	c.audit = map[string]any{"app": p.App, "version": p.Version, "package": sha, "format": p.Format,
+		"retain": retain, "timeout_s": p.TimeoutS, "shell": p.Shell, "variables": names}
+	spec := deploySpec{app: p.App, version: p.Version, sha: sha, format: p.Format, vars: p.Variables,
+		retain: retain, interp: interp, ext: ext}
+	j, err := c.srv.apps.start(spec, time.Duration(p.TimeoutS*float64(time.Second)))
+	if err != nil {
+		return nil, err
+	}
+	c.audit["ticket"] = j.ticket()
+	j.mu.Lock()
+	state := j.state
+	j.mu.Unlock()
+	if state == stateDone {
+		state = stateRunning
+	}
+	return map[string]string{"ticket": j.ticket(), "state": state}, nil
+}
+
+// releaseInfo is one release as deploy.list shows it.
+type releaseInfo struct {
+	Release  string `json:"release"`
+	Version  string `json:"version"`
+	Deployed string `json:"deployed"`
+	Outcome  string `json:"outcome"`
+	Package  string `json:"package"`
+	Current  bool   `json:"current"`
+}
+
+// appInfo is one app as deploy.list without app shows it.
+type appInfo struct {
+	App     string  `json:"app"`
+	Current *string `json:"current"`
+}
+
+func handleDeployList(c *call) (any, error) {
+	var p struct {
+		App string `json:"app"`
+	}
+	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	d := c.srv.apps
+	if p.App == "" {
+		apps := []appInfo{}
+		des, err := os.ReadDir(d.cfg.appsDir())
+		if err != nil {
+			return nil, ioError(err)
+		}
+		for _, de := range des {
+			if de.IsDir() && validName(de.Name()) {
+				apps = append(apps, appInfo{App: de.Name(), Current: strPtr(readCurrent(d.appDir(de.Name())))})
+			}
+		}
+		return map[string]any{"apps": apps}, nil
+	}
+	if err := checkName("app", p.App); err != nil {
+		return nil, err
+	}
+	dir := d.appDir(p.App)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, errorf(kindNotFound, "no app %q on this agent", p.App)
+	}
+	st := d.app(p.App)
+	st.mu.Lock()
+	meta, err := loadMeta(dir)
+	cur := readCurrent(dir)
+	st.mu.Unlock()
+	if err != nil {
+		return nil, ioError(err)
+	}
+	rels := []releaseInfo{}
+	for _, r := range meta.Releases {
+		rels = append(rels, releaseInfo{Release: r.Release, Version: r.Version, Deployed: r.Deployed.UTC().Format(time.RFC3339),
+			Outcome: r.Outcome, Package: r.Package, Current: r.Release == cur})
+	}
+	return map[string]any{"app": p.App, "current": strPtr(cur), "releases": rels}, nil
+}
+
+func strPtr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func handleDeployRollback(c *call) (any, error) {
+	var p struct {
+		App string `json:"app,required"`
+		To  string `json:"to"`
+	}
+	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	if err := checkName("app", p.App); err != nil {
+		return nil, err
+	}
+	c.audit = map[string]any{"app": p.App, "to": p.To}
+	d := c.srv.apps
+	dir := d.appDir(p.App)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, errorf(kindNotFound, "no app %q on this agent", p.App)
+	}
+	st := d.app(p.App)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.running != "" {
+		return nil, errorf(kindConflict, "a deploy of %q is in progress (job %s): wait for it, or cancel it, then roll back", p.App, st.running)
+	}
+	meta, err := loadMeta(dir)
+	if err != nil {
+		return nil, ioError(err)
+	}
+	cur := readCurrent(dir)
+	exists := func(r release) bool {
+		fi, err := os.Stat(filepath.Join(dir, r.Release))
+		return err == nil && fi.IsDir()
+	}
+	to := p.To
+	if to == "" {
+		idx := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == cur })
+		if idx < 0 {
+			idx = len(meta.Releases)
+		}
+		for i := idx - 1; i >= 0; i-- {
+			if r := meta.Releases[i]; r.Outcome == outcomeSuccess && exists(r) {
+				to = r.Release
+				break
+			}
+		}
+		if to == "" {
+			return nil, errorf(kindNotFound, "app %q has no successful release before %s to roll back to", p.App, orNone(cur))
+		}
+	} else {
+		i := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == to })
+		switch {
+		case i < 0:
+			return nil, errorf(kindNotFound, "app %q has no release %q (tentacle releases lists them)", p.App, to)
+		case meta.Releases[i].Outcome != outcomeSuccess:
+			return nil, errorf(kindConflict, "release %q of %q did not deploy successfully (outcome %s): only a successful release can be current", to, p.App, meta.Releases[i].Outcome)
+		case !exists(meta.Releases[i]):
+			return nil, errorf(kindNotFound, "release %q of %q is recorded but its folder is gone", to, p.App)
+		}
+	}
+	c.audit["to"], c.audit["previous"] = to, cur
+	if to != cur {
+		if err := switchCurrent(dir, to); err != nil {
+			return nil, ioError(err)
+		}
+		d.log.Info("rolled back", "app", p.App, "current", to, "previous", orNone(cur))
+	}
+	return map[string]any{"app": p.App, "current": to, "previous": nilIfEmpty(cur)}, nil
+}

@@ -1,0 +1,316 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// jobStatus is the answer of job.status, job.cancel and job.complete.
+type jobStatus struct {
+	Ticket   string            `json:"ticket"`
+	Kind     string            `json:"kind"`
+	State    string            `json:"state"`
+	Outcome  *string           `json:"outcome"`
+	ExitCode *int              `json:"exit_code"`
+	Started  *string           `json:"started"`
+	Finished *string           `json:"finished"`
+	Logs     []json.RawMessage `json:"logs"`
+	Next     int64             `json:"next"`
+	Result   json.RawMessage   `json:"result,omitempty"`
+}
+
+func timeString(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.UTC().Format(timeLayout)
+	return &s
+}
+
+// status answers job.status: the state, then the log entries after after
+// that were written by then (so "done" always comes with every entry).
+func (j *job) status(after int64) (*jobStatus, error) {
+	j.mu.Lock()
+	st := &jobStatus{
+		Ticket: j.id, Kind: j.kind, State: j.state, ExitCode: j.exitCode,
+		Started: timeString(j.started), Finished: timeString(j.finished), Result: j.result,
+		Logs: []json.RawMessage{}, Next: after,
+	}
+	if j.outcome != "" {
+		o := j.outcome
+		st.Outcome = &o
+	}
+	removed := j.removed
+	j.mu.Unlock()
+	if removed {
+		return nil, errorf(kindNotFound, "no job %q: it was completed or reaped", j.id)
+	}
+	_, size := j.log.extent()
+	logs, next, err := j.log.read(after, size)
+	if err != nil {
+		j.smu.Lock() // a removal in progress holds it until the job is gone
+		j.mu.Lock()
+		removed = j.removed
+		j.mu.Unlock()
+		j.smu.Unlock()
+		if removed {
+			return nil, errorf(kindNotFound, "no job %q: it was completed or reaped", j.id)
+		}
+		return nil, ioError(err)
+	}
+	if logs != nil {
+		st.Logs = logs
+	}
+	st.Next = next
+	return st, nil
+}
+
+// waitChange returns a channel closed at the job's next change, and whether
+// there is already something new: an entry after after, or a state other
+// than was.
+func (j *job) waitChange(after int64, was string) (<-chan struct{}, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.state != was || j.removed {
+		return nil, true
+	}
+	if last, _ := j.log.extent(); last > after {
+		return nil, true
+	}
+	if j.changed == nil {
+		j.changed = make(chan struct{})
+	}
+	return j.changed, false
+}
+
+// maxMutexName bounds a mutex name, which appears in log lines.
+const maxMutexName = 200
+
+func handleScriptStart(c *call) (any, error) {
+	var p struct {
+		Script    string            `json:"script,required"`
+		Shell     string            `json:"shell"`
+		Args      []string          `json:"args"`
+		Env       map[string]string `json:"env"`
+		Cwd       string            `json:"cwd"`
+		TimeoutS  float64           `json:"timeout_s"`
+		Isolation string            `json:"isolation"`
+		Mutex     string            `json:"mutex"`
+	}
+	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	interp, ext, err := resolveShell(p.Shell)
+	if err != nil {
+		return nil, err
+	}
+	if !(p.TimeoutS >= 0 && p.TimeoutS <= 1e9) { // also refuses NaN
+		return nil, errorf(kindInvalidParams, "timeout_s must be a number of seconds from 0 (none) to 1e9, not %v", p.TimeoutS)
+	}
+	switch p.Isolation {
+	case "", "none", "full":
+	default:
+		return nil, errorf(kindInvalidParams, "isolation must be \"none\" or \"full\", not %q", p.Isolation)
+	}
+	if len(p.Mutex) > maxMutexName || strings.ContainsFunc(p.Mutex, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return nil, errorf(kindInvalidParams, "mutex must be at most %d characters without control characters", maxMutexName)
+	}
+	for _, a := range p.Args {
+		if strings.ContainsRune(a, 0) {
+			return nil, errorf(kindInvalidParams, "args must not contain NUL characters")
+		}
+	}
+	keys := make([]string, 0, len(p.Env))
+	for k, v := range p.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") || strings.ContainsRune(v, 0) {
+			return nil, errorf(kindInvalidParams, "env: %q is not a valid variable (names are not empty and hold no \"=\" or NUL, values no NUL)", k)
+		}
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	if p.Cwd != "" {
+		if !filepath.IsAbs(p.Cwd) {
+			return nil, errorf(kindInvalidParams, "cwd %q must be an absolute path", p.Cwd)
+		}
+		if fi, err := os.Stat(p.Cwd); err != nil || !fi.IsDir() {
+			return nil, errorf(kindInvalidParams, "cwd %q is not a folder on this agent", p.Cwd)
+		}
+	}
+	env := os.Environ()
+	for _, k := range keys {
+		env = append(env, k+"="+p.Env[k])
+	}
+	// Audit the shape of the request, never the script, argument or
+	// variable values (they may hold secrets).
+	c.audit = map[string]any{"shell": p.Shell, "isolation": p.Isolation, "mutex": p.Mutex,
+		"timeout_s": p.TimeoutS, "cwd": p.Cwd, "args": len(p.Args), "env": keys}
+	script, args, cwd := p.Script, p.Args, p.Cwd
+	j, err := c.srv.jobs.start(jobSpec{
+		Kind:    "script",
+		Mutex:   p.Mutex,
+		Full:    p.Isolation == "full",
+		Timeout: time.Duration(p.TimeoutS * float64(time.Second)),
+		Run: func(j *job) error {
+			path := filepath.Join(j.meta, "script"+ext)
+			if err := os.WriteFile(path, []byte(script), 0o700); err != nil {
+				return fmt.Errorf("failed to write the script: %v", err)
+			}
+			dir := cwd
+			if dir == "" {
+				dir = j.workDir()
+			}
+			code, err := j.runProcess(shellArgv(interp, path, args), dir, env)
+			if err != nil {
+				return fmt.Errorf("failed to run %q: %v", interp, err)
+			}
+			j.setExitCode(code)
+			if code != 0 {
+				return exitCodeError(code)
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.audit["ticket"] = j.id
+	j.mu.Lock()
+	state := j.state
+	j.mu.Unlock()
+	if state == stateDone { // it was admitted and has already finished
+		state = stateRunning
+	}
+	return map[string]string{"ticket": j.id, "state": state}, nil
+}
+
+func handleJobStatus(c *call) (any, error) {
+	var p struct {
+		Ticket string `json:"ticket,required"`
+		After  int64  `json:"after"`
+		WaitMs int64  `json:"wait_ms"`
+	}
+	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	if p.After < 0 || p.WaitMs < 0 {
+		return nil, errorf(kindInvalidParams, "after and wait_ms must not be negative")
+	}
+	j, err := c.srv.jobs.get(p.Ticket)
+	if err != nil {
+		return nil, err
+	}
+	wait := time.Duration(min(p.WaitMs, c.srv.cfg.Limits.MaxWait.Milliseconds())) * time.Millisecond
+	if wait > 0 {
+		j.mu.Lock()
+		was := j.state
+		j.mu.Unlock()
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+	wait:
+		for was != stateDone {
+			ch, ready := j.waitChange(p.After, was)
+			if ready {
+				break
+			}
+			select {
+			case <-ch:
+			case <-timer.C:
+				break wait
+			case <-c.ctx.Done():
+				break wait
+			}
+		}
+	}
+	return j.status(p.After)
+}
+
+func handleJobCancel(c *call) (any, error) {
+	var p struct {
+		Ticket string `json:"ticket,required"`
+	}
+	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	c.audit = map[string]any{"ticket": p.Ticket}
+	j, err := c.srv.jobs.get(p.Ticket)
+	if err != nil {
+		return nil, err
+	}
+	by := fmt.Sprintf("%q (%s)", c.peer.entry.Name, c.peer.thumbprint)
+	c.srv.jobs.cancelJob(j, by)
+	return j.status(0)
+}
+
+func handleJobComplete(c *call) (any, error) {
+	var p struct {
+		Ticket string `json:"ticket,required"`
+		After  int64  `json:"after"`
+	}
+	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	if p.After < 0 {
+		return nil, errorf(kindInvalidParams, "after must not be negative")
+	}
+	c.audit = map[string]any{"ticket": p.Ticket}
+	j, err := c.srv.jobs.get(p.Ticket)
+	if err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	state := j.state
+	j.mu.Unlock()
+	if state != stateDone {
+		return nil, errorf(kindConflict, "job %s is still %s: wait for it to finish, or cancel it with job.cancel", j.id, state)
+	}
+	st, err := j.status(p.After)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.srv.jobs.remove(j); err != nil {
+		c.srv.log.Warn("failed to remove a completed job's work folder", "ticket", j.id, "err", err)
+	}
+	return st, nil
+}
+
+// jobListItem is one job in job.list.
+type jobListItem struct {
+	Ticket  string  `json:"ticket"`
+	Kind    string  `json:"kind"`
+	State   string  `json:"state"`
+	Outcome *string `json:"outcome"`
+	Started *string `json:"started"`
+	created time.Time
+}
+
+func handleJobList(c *call) (any, error) {
+	if err := decodeParams(c.params, &struct{}{}); err != nil {
+		return nil, err
+	}
+	m := c.srv.jobs
+	m.mu.Lock()
+	items := make([]jobListItem, 0, len(m.jobs))
+	for _, j := range m.jobs {
+		j.mu.Lock()
+		it := jobListItem{Ticket: j.id, Kind: j.kind, State: j.state, Started: timeString(j.started), created: j.created}
+		if j.outcome != "" {
+			o := j.outcome
+			it.Outcome = &o
+		}
+		j.mu.Unlock()
+		items = append(items, it)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(items, func(a, b jobListItem) int {
+		if c := a.created.Compare(b.created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Ticket, b.Ticket)
+	})
+	return map[string]any{"jobs": items}, nil
+}
