@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -35,7 +36,7 @@ type clientOpts struct {
 // addClientFlags registers -home, -pin and -proxy on fs.
 func addClientFlags(fs *flag.FlagSet) *clientOpts {
 	o := &clientOpts{timeout: 15 * time.Second, sessions: tls.NewLRUClientSessionCache(4)}
-	fs.StringVar(&o.home, "home", envOr("TENTACLE_HOME", defaultHome()), "`dir`ectory with the client's identity (env TENTACLE_HOME)")
+	fs.StringVar(&o.home, "home", cmp.Or(os.Getenv("TENTACLE_HOME"), defaultHome()), "`dir`ectory with the client's identity (env TENTACLE_HOME)")
 	fs.StringVar(&o.pin, "pin", os.Getenv("TENTACLE_PIN"), "the agent's expected `thumbprint` (env TENTACLE_PIN)")
 	fs.StringVar(&o.proxy, "proxy", "", "reach the agent through an HTTP CONNECT proxy: http://[user:pass@]HOST:PORT")
 	return o
@@ -242,15 +243,6 @@ func (c *clientConn) receive(result any) error {
 // call sends one request and waits for its answer.
 func (c *clientConn) call(method string, params, result any) error {
 	if err := c.send(method, params, nil, 0); err != nil {
-		return err
-	}
-	return c.receive(result)
-}
-
-// callBody sends a request with a body of size bytes read from body; params
-// must carry the same "size".
-func (c *clientConn) callBody(method string, params any, body io.Reader, size int64, result any) error {
-	if err := c.send(method, params, body, size); err != nil {
 		return err
 	}
 	return c.receive(result)

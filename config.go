@@ -83,15 +83,6 @@ func defaultHome() string {
 	return ".tentacle"
 }
 
-// envOr returns the environment variable's value, or def when it is unset or
-// empty.
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 // envDuration returns the environment variable as a duration, or def when it
 // is unset, empty or not a duration (a bad value is caught by check, which
 // sees the flag's default and the variable disagree).
@@ -104,21 +95,21 @@ func envDuration(name string, def time.Duration) time.Duration {
 
 // homeFlag registers -home with its environment default on fs.
 func homeFlag(fs *flag.FlagSet) *string {
-	return fs.String("home", envOr("TENTACLE_HOME", defaultHome()), "agent `dir`ectory: identity, trust list, jobs, files, packages, apps (env TENTACLE_HOME)")
+	return fs.String("home", cmp.Or(os.Getenv("TENTACLE_HOME"), defaultHome()), "agent `dir`ectory: identity, trust list, jobs, files, packages, apps (env TENTACLE_HOME)")
 }
 
 // listenFlag registers -listen with its environment default on fs.
 func listenFlag(fs *flag.FlagSet) *string {
-	return fs.String("listen", envOr("TENTACLE_LISTEN", defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
+	return fs.String("listen", cmp.Or(os.Getenv("TENTACLE_LISTEN"), defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
 }
 
 // runFlags registers every flag of `tentacle run` on fs and returns the
 // config they fill in.
 func runFlags(fs *flag.FlagSet) *config {
 	c := &config{}
-	fs.StringVar(&c.Home, "home", envOr("TENTACLE_HOME", defaultHome()), "agent `dir`ectory (env TENTACLE_HOME)")
-	fs.StringVar(&c.Listen, "listen", envOr("TENTACLE_LISTEN", defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
-	fs.StringVar(&c.LogFormat, "log-format", envOr("TENTACLE_LOG_FORMAT", "text"), "log `format`: text or json (env TENTACLE_LOG_FORMAT)")
+	fs.StringVar(&c.Home, "home", cmp.Or(os.Getenv("TENTACLE_HOME"), defaultHome()), "agent `dir`ectory (env TENTACLE_HOME)")
+	fs.StringVar(&c.Listen, "listen", cmp.Or(os.Getenv("TENTACLE_LISTEN"), defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
+	fs.StringVar(&c.LogFormat, "log-format", cmp.Or(os.Getenv("TENTACLE_LOG_FORMAT"), "text"), "log `format`: text or json (env TENTACLE_LOG_FORMAT)")
 	fs.StringVar(&c.CertFile, "cert", os.Getenv("TENTACLE_CERT_FILE"), "use this certificate PEM `file` instead of <home>/tentacle.crt (env TENTACLE_CERT_FILE)")
 	fs.StringVar(&c.KeyFile, "key", os.Getenv("TENTACLE_KEY_FILE"), "use this private key PEM `file` instead of <home>/tentacle.key (env TENTACLE_KEY_FILE)")
 	fs.StringVar(&c.TrustFile, "trust-file", os.Getenv("TENTACLE_TRUST_FILE"), "read the trust list from this `file` instead of <home>/trusted_servers, e.g. a mounted ConfigMap (env TENTACLE_TRUST_FILE)")

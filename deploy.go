@@ -17,6 +17,7 @@ package main
 // renaming a new symlink over it, so it always names a whole release.
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -160,7 +161,7 @@ func (d *deployManager) recover() {
 			}
 			r.Outcome, r.Phase, changed = outcomeLost, "interrupted: the agent stopped", true
 			d.log.Warn("found an interrupted deploy: marked its release lost", "app", app, "release", r.Release,
-				"ticket", r.Ticket, "current", orNone(r.Previous), "current_was", orNone(cur))
+				"ticket", r.Ticket, "current", cmp.Or(r.Previous, "(none)"), "current_was", cmp.Or(cur, "(none)"))
 		}
 		if changed {
 			if err := saveMeta(dir, meta); err != nil {
@@ -168,13 +169,6 @@ func (d *deployManager) recover() {
 			}
 		}
 	}
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "(none)"
-	}
-	return s
 }
 
 func loadMeta(dir string) (*appMeta, error) {
@@ -314,4 +308,77 @@ func (d *deployManager) usedPackages() map[string]bool {
 		}
 	}
 	return used
+}
+
+// releases returns app's release record and current, read together.
+func (d *deployManager) releases(app string) (*appMeta, string, error) {
+	dir := d.appDir(app)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, "", errorf(kindNotFound, "no app %q on this agent", app)
+	}
+	st := d.app(app)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	meta, err := loadMeta(dir)
+	if err != nil {
+		return nil, "", ioError(err)
+	}
+	return meta, readCurrent(dir), nil
+}
+
+// rollback points app's current at release to (default: the newest
+// successful release before current), atomically. It returns the release
+// now current and the one current was.
+func (d *deployManager) rollback(app, to string) (now, was string, err error) {
+	dir := d.appDir(app)
+	if _, err := os.Stat(dir); err != nil {
+		return "", "", errorf(kindNotFound, "no app %q on this agent", app)
+	}
+	st := d.app(app)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.running != "" {
+		return "", "", errorf(kindConflict, "a deploy of %q is in progress (job %s): wait for it, or cancel it, then roll back", app, st.running)
+	}
+	meta, err := loadMeta(dir)
+	if err != nil {
+		return "", "", ioError(err)
+	}
+	cur := readCurrent(dir)
+	exists := func(r release) bool {
+		fi, err := os.Stat(filepath.Join(dir, r.Release))
+		return err == nil && fi.IsDir()
+	}
+	if to == "" {
+		idx := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == cur })
+		if idx < 0 {
+			idx = len(meta.Releases)
+		}
+		for i := idx - 1; i >= 0; i-- {
+			if r := meta.Releases[i]; r.Outcome == outcomeSuccess && exists(r) {
+				to = r.Release
+				break
+			}
+		}
+		if to == "" {
+			return "", "", errorf(kindNotFound, "app %q has no successful release before %s to roll back to", app, cmp.Or(cur, "(none)"))
+		}
+	} else {
+		i := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == to })
+		switch {
+		case i < 0:
+			return "", "", errorf(kindNotFound, "app %q has no release %q (tentacle releases lists them)", app, to)
+		case meta.Releases[i].Outcome != outcomeSuccess:
+			return "", "", errorf(kindConflict, "release %q of %q did not deploy successfully (outcome %s): only a successful release can be current", to, app, meta.Releases[i].Outcome)
+		case !exists(meta.Releases[i]):
+			return "", "", errorf(kindNotFound, "release %q of %q is recorded but its folder is gone", to, app)
+		}
+	}
+	if to != cur {
+		if err := switchCurrent(dir, to); err != nil {
+			return "", "", ioError(err)
+		}
+		d.log.Info("rolled back", "app", app, "current", to, "previous", cmp.Or(cur, "(none)"))
+	}
+	return to, cur, nil
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -167,20 +168,13 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(f.stdout, "deployed %s %s as release %s: current -> %s\n", app, version, res.Release, cur)
 	case outcomeFailed:
 		code = 1
-		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s failed at %s: %s; current is %s\n", app, version, orUnknown(res.Phase), orUnknown(res.Error), cur)
+		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s failed at %s: %s; current is %s\n", app, version, cmp.Or(res.Phase, "an unknown point"), cmp.Or(res.Error, "an unknown point"), cur)
 	default:
 		code, _ = jobExitCode(st)
-		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s %s at %s; current is %s\n", app, version, strings.ReplaceAll(outcome, "_", " "), orUnknown(res.Phase), cur)
+		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s %s at %s; current is %s\n", app, version, strings.ReplaceAll(outcome, "_", " "), cmp.Or(res.Phase, "an unknown point"), cur)
 	}
 	f.flush()
 	return code
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return "an unknown point"
-	}
-	return s
 }
 
 func cmdReleases(args []string, stdout, stderr io.Writer) int {

@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -83,13 +82,7 @@ func handleDeployStart(c *call) (any, error) {
 		return nil, err
 	}
 	c.audit["ticket"] = j.ticket()
-	j.mu.Lock()
-	state := j.state
-	j.mu.Unlock()
-	if state == stateDone {
-		state = stateRunning
-	}
-	return map[string]string{"ticket": j.ticket(), "state": state}, nil
+	return map[string]string{"ticket": j.ticket(), "state": j.startState()}, nil
 }
 
 // releaseInfo is one release as deploy.list shows it.
@@ -132,17 +125,9 @@ func handleDeployList(c *call) (any, error) {
 	if err := checkName("app", p.App); err != nil {
 		return nil, err
 	}
-	dir := d.appDir(p.App)
-	if _, err := os.Stat(dir); err != nil {
-		return nil, errorf(kindNotFound, "no app %q on this agent", p.App)
-	}
-	st := d.app(p.App)
-	st.mu.Lock()
-	meta, err := loadMeta(dir)
-	cur := readCurrent(dir)
-	st.mu.Unlock()
+	meta, cur, err := d.releases(p.App)
 	if err != nil {
-		return nil, ioError(err)
+		return nil, err
 	}
 	rels := []releaseInfo{}
 	for _, r := range meta.Releases {
@@ -171,58 +156,10 @@ func handleDeployRollback(c *call) (any, error) {
 		return nil, err
 	}
 	c.audit = map[string]any{"app": p.App, "to": p.To}
-	d := c.srv.apps
-	dir := d.appDir(p.App)
-	if _, err := os.Stat(dir); err != nil {
-		return nil, errorf(kindNotFound, "no app %q on this agent", p.App)
-	}
-	st := d.app(p.App)
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.running != "" {
-		return nil, errorf(kindConflict, "a deploy of %q is in progress (job %s): wait for it, or cancel it, then roll back", p.App, st.running)
-	}
-	meta, err := loadMeta(dir)
+	to, cur, err := c.srv.apps.rollback(p.App, p.To)
 	if err != nil {
-		return nil, ioError(err)
-	}
-	cur := readCurrent(dir)
-	exists := func(r release) bool {
-		fi, err := os.Stat(filepath.Join(dir, r.Release))
-		return err == nil && fi.IsDir()
-	}
-	to := p.To
-	if to == "" {
-		idx := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == cur })
-		if idx < 0 {
-			idx = len(meta.Releases)
-		}
-		for i := idx - 1; i >= 0; i-- {
-			if r := meta.Releases[i]; r.Outcome == outcomeSuccess && exists(r) {
-				to = r.Release
-				break
-			}
-		}
-		if to == "" {
-			return nil, errorf(kindNotFound, "app %q has no successful release before %s to roll back to", p.App, orNone(cur))
-		}
-	} else {
-		i := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == to })
-		switch {
-		case i < 0:
-			return nil, errorf(kindNotFound, "app %q has no release %q (tentacle releases lists them)", p.App, to)
-		case meta.Releases[i].Outcome != outcomeSuccess:
-			return nil, errorf(kindConflict, "release %q of %q did not deploy successfully (outcome %s): only a successful release can be current", to, p.App, meta.Releases[i].Outcome)
-		case !exists(meta.Releases[i]):
-			return nil, errorf(kindNotFound, "release %q of %q is recorded but its folder is gone", to, p.App)
-		}
+		return nil, err
 	}
 	c.audit["to"], c.audit["previous"] = to, cur
-	if to != cur {
-		if err := switchCurrent(dir, to); err != nil {
-			return nil, ioError(err)
-		}
-		d.log.Info("rolled back", "app", p.App, "current", to, "previous", orNone(cur))
-	}
-	return map[string]any{"app": p.App, "current": to, "previous": nilIfEmpty(cur)}, nil
+	return map[string]any{"app": p.App, "current": to, "previous": strPtr(cur)}, nil
 }

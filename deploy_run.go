@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -88,7 +90,7 @@ func (d *deployManager) run(j *job, spec deploySpec) (err error) {
 		prevDir = filepath.Join(dir, prev)
 	}
 	env := os.Environ()
-	for _, k := range slices.Sorted(mapsKeys(spec.vars)) {
+	for _, k := range slices.Sorted(maps.Keys(spec.vars)) {
 		env = append(env, k+"="+spec.vars[k])
 	}
 	env = append(env, "TENTACLE_APP="+spec.app, "TENTACLE_VERSION="+spec.version, "TENTACLE_RELEASE_DIR="+relDir,
@@ -149,9 +151,9 @@ func (d *deployManager) run(j *job, spec deploySpec) (err error) {
 		st.mu.Lock()
 		if readCurrent(dir) != prev {
 			if serr := switchCurrent(dir, prev); serr != nil {
-				j.logf("failed to put current back to %s: %v", orNone(prev), serr)
+				j.logf("failed to put current back to %s: %v", cmp.Or(prev, "(none)"), serr)
 			} else {
-				j.logf("current -> %s (put back)", orNone(prev))
+				j.logf("current -> %s (put back)", cmp.Or(prev, "(none)"))
 			}
 		}
 		cur = readCurrent(dir)
@@ -182,7 +184,7 @@ func (d *deployManager) run(j *job, spec deploySpec) (err error) {
 	d.retain(j, spec.app, spec.retain)
 
 	result := map[string]any{"app": spec.app, "version": spec.version, "release": name, "release_dir": relDir,
-		"previous_release_dir": nilIfEmpty(prevDir), "current": nilIfEmpty(cur)}
+		"previous_release_dir": strPtr(prevDir), "current": strPtr(cur)}
 	if err != nil {
 		result["phase"] = phase
 		result["error"] = err.Error()
@@ -196,23 +198,6 @@ func (d *deployManager) run(j *job, spec deploySpec) (err error) {
 		return &deployError{phase, err}
 	}
 	return nil
-}
-
-func mapsKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
-
-func nilIfEmpty(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
 }
 
 // deployOutcome is what the job's outcome will be, for the release record.

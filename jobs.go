@@ -384,6 +384,22 @@ func (j *job) end(outcome string) {
 
 func (j *job) ticket() string { return j.id }
 
+// currentState is the job's state now.
+func (j *job) currentState() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.state
+}
+
+// startState is the state a start answers with: a job admitted that has
+// finished already still reads running, as it was when it started.
+func (j *job) startState() string {
+	if s := j.currentState(); s != stateDone {
+		return s
+	}
+	return stateRunning
+}
+
 // context is done on cancel, timeout, or agent-shutdown kill.
 func (j *job) context() context.Context {
 	j.mu.Lock()
@@ -604,4 +620,28 @@ func (m *jobManager) reap(now time.Time) {
 		err := m.remove(j)
 		m.log.Info("reaped job nobody completed", "ticket", j.id, "kind", j.kind, "retention", m.cfg.JobRetention, "err", err)
 	}
+}
+
+// list returns every job, oldest first, as job.list shows them.
+func (m *jobManager) list() []jobListItem {
+	m.mu.Lock()
+	items := make([]jobListItem, 0, len(m.jobs))
+	for _, j := range m.jobs {
+		j.mu.Lock()
+		it := jobListItem{Ticket: j.id, Kind: j.kind, State: j.state, Started: timeString(j.started), created: j.created}
+		if j.outcome != "" {
+			o := j.outcome
+			it.Outcome = &o
+		}
+		j.mu.Unlock()
+		items = append(items, it)
+	}
+	m.mu.Unlock()
+	slices.SortFunc(items, func(a, b jobListItem) int {
+		if c := a.created.Compare(b.created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Ticket, b.Ticket)
+	})
+	return items
 }

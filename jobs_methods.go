@@ -179,13 +179,7 @@ func handleScriptStart(c *call) (any, error) {
 		return nil, err
 	}
 	c.audit["ticket"] = j.id
-	j.mu.Lock()
-	state := j.state
-	j.mu.Unlock()
-	if state == stateDone { // it was admitted and has already finished
-		state = stateRunning
-	}
-	return map[string]string{"ticket": j.id, "state": state}, nil
+	return map[string]string{"ticket": j.id, "state": j.startState()}, nil
 }
 
 func handleJobStatus(c *call) (any, error) {
@@ -206,9 +200,7 @@ func handleJobStatus(c *call) (any, error) {
 	}
 	wait := time.Duration(min(p.WaitMs, c.srv.cfg.Limits.MaxWait.Milliseconds())) * time.Millisecond
 	if wait > 0 {
-		j.mu.Lock()
-		was := j.state
-		j.mu.Unlock()
+		was := j.currentState()
 		timer := time.NewTimer(wait)
 		defer timer.Stop()
 	wait:
@@ -262,10 +254,7 @@ func handleJobComplete(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	j.mu.Lock()
-	state := j.state
-	j.mu.Unlock()
-	if state != stateDone {
+	if state := j.currentState(); state != stateDone {
 		return nil, errorf(kindConflict, "job %s is still %s: wait for it to finish, or cancel it with job.cancel", j.id, state)
 	}
 	st, err := j.status(p.After)
@@ -292,25 +281,5 @@ func handleJobList(c *call) (any, error) {
 	if err := decodeParams(c.params, &struct{}{}); err != nil {
 		return nil, err
 	}
-	m := c.srv.jobs
-	m.mu.Lock()
-	items := make([]jobListItem, 0, len(m.jobs))
-	for _, j := range m.jobs {
-		j.mu.Lock()
-		it := jobListItem{Ticket: j.id, Kind: j.kind, State: j.state, Started: timeString(j.started), created: j.created}
-		if j.outcome != "" {
-			o := j.outcome
-			it.Outcome = &o
-		}
-		j.mu.Unlock()
-		items = append(items, it)
-	}
-	m.mu.Unlock()
-	slices.SortFunc(items, func(a, b jobListItem) int {
-		if c := a.created.Compare(b.created); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Ticket, b.Ticket)
-	})
-	return map[string]any{"jobs": items}, nil
+	return map[string]any{"jobs": c.srv.jobs.list()}, nil
 }

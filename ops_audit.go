@@ -44,7 +44,6 @@ type auditLog struct {
 	mu   sync.Mutex // guards f and size: a write and a rotation never overlap
 	f    *os.File
 	size int64
-	err  error // the last write or rotation error, reported once
 }
 
 // auditEntry is one line of audit.log; fields appear in this order.

@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -171,9 +172,9 @@ func cmdService(args []string, stdout, stderr io.Writer) int {
 	fs = newFlagSet("service "+sub, usageService, stderr)
 	var spec serviceSpec
 	if sub == "install" {
-		fs.StringVar(&spec.Home, "home", envOr("TENTACLE_HOME", serviceHome), "the agent's `dir`ectory (env TENTACLE_HOME)")
+		fs.StringVar(&spec.Home, "home", cmp.Or(os.Getenv("TENTACLE_HOME"), serviceHome), "the agent's `dir`ectory (env TENTACLE_HOME)")
 		fs.StringVar(&spec.User, "user", serviceUser, "run the agent as this `user`, created if missing")
-		fs.StringVar(&spec.Listen, "listen", envOr("TENTACLE_LISTEN", defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
+		fs.StringVar(&spec.Listen, "listen", cmp.Or(os.Getenv("TENTACLE_LISTEN"), defaultListen), "`addr`ess to listen on (env TENTACLE_LISTEN)")
 	}
 	dry := fs.Bool("dry-run", false, "print what would be done, change nothing")
 	if _, code, ok := parseFlags(fs, args[1:], 0, 0); !ok {

@@ -23,27 +23,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 )
 
 // isWindows: there, file modes are only a read-only flag and Chmod may fail.
 const isWindows = runtime.GOOS == "windows"
-
-// The streaming pipeline. A transfer holds at most xferBufs buffers of
-// xferBufSize (2 MiB in all): large enough to amortise the per-call costs,
-// small enough that a buffer the reader just filled is still in the CPU's
-// cache when the writer hashes and writes it (measured: 256 KiB costs ~5%
-// less CPU than 1 MiB); several in flight let the reader run ahead.
-const (
-	xferBufSize = 256 << 10
-	xferBufs    = 8
-)
-
-var xferPool = sync.Pool{New: func() any { b := make([]byte, xferBufSize); return &b }}
-
-func getBuf() *[]byte  { return xferPool.Get().(*[]byte) }
-func putBuf(b *[]byte) { xferPool.Put(b) }
 
 // pipeToFile copies n bytes from src to dst at its current offset off,
 // hashing them into h on the way. The calling goroutine reads; another

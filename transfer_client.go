@@ -236,20 +236,14 @@ func downloadFile(cc *clientConn, remote, local string, progress io.Writer) (*fi
 	if got := hex.EncodeToString(h.Sum(nil)); got != res.SHA256 {
 		return nil, "", fmt.Errorf("the bytes received have sha256 %s, not the %s the agent announced: %q was not written", got, res.SHA256, local)
 	}
-	if m, err := parseMode(res.Mode); err == nil && !isWindows {
-		f.Chmod(m)
+	mode, err := parseMode(res.Mode)
+	if err != nil {
+		mode = 0o644
 	}
-	if err := f.Sync(); err != nil {
+	keep = true // commitFile removes it on failure
+	if err := commitFile(f, local, mode, true); err != nil {
 		return nil, "", err
 	}
-	if err := f.Close(); err != nil {
-		return nil, "", err
-	}
-	if err := os.Rename(f.Name(), local); err != nil {
-		return nil, "", err
-	}
-	keep = true
-	syncDir(dir)
 	return &res, local, nil
 }
 

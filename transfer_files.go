@@ -168,50 +168,18 @@ func handleFileUpload(c *call) (any, error) {
 	if want != "" && got != want {
 		return nil, errorf(kindIntegrity, "the body's sha256 is %s, not %s: nothing was written", got, want)
 	}
-	if err := f.Chmod(mode); err != nil && !isWindows {
-		return nil, ioError(err)
-	}
-	if err := f.Sync(); err != nil {
-		return nil, ioError(err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, ioError(err)
-	}
-	if overwrite {
-		err = os.Rename(f.Name(), path)
-	} else {
-		err = linkNew(f.Name(), path)
-	}
-	if err != nil {
+	keep = true // commitFile removes it on failure
+	if err := commitFile(f, path, mode, overwrite); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, errorf(kindConflict, "%q was created meanwhile: send overwrite true to replace it", path)
 		}
 		return nil, ioError(err)
 	}
-	keep = true
-	syncDir(dir)
+
 	if fi, err := os.Stat(path); err == nil {
 		c.srv.pkgs.rememberSHA(path, fi, got)
 	}
 	return map[string]any{"path": path, "size": n, "sha256": got}, nil
-}
-
-// linkNew puts tmp at path only if path does not exist (a hard link fails
-// then, where a rename would replace), and removes tmp's own name.
-func linkNew(tmp, path string) error {
-	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			os.Remove(tmp)
-			return err
-		}
-		// No hard links on this filesystem: check, then rename.
-		if _, serr := os.Lstat(path); serr == nil {
-			os.Remove(tmp)
-			return os.ErrExist
-		}
-		return os.Rename(tmp, path)
-	}
-	return os.Remove(tmp)
 }
 
 func handleFileDownload(c *call) (any, error) {

@@ -315,21 +315,11 @@ func (p *packageCache) receive(c *call, sha string, u packageUploadParams) (any,
 		os.Remove(partial)
 		return nil, errorf(kindIntegrity, "the package's bytes have sha256 %s, not %s: the upload was discarded, send it again from offset 0", got, sha)
 	}
-	if err := f.Chmod(0o644); err != nil && !isWindows {
-		return nil, ioError(err)
-	}
-	if err := f.Sync(); err != nil {
-		return nil, ioError(err)
-	}
-	err = f.Close()
-	f = nil
+	err = commitFile(f, filepath.Join(p.dir, sha), 0o644, true)
+	f = nil // closed (and on failure removed) by commitFile
 	if err != nil {
 		return nil, ioError(err)
 	}
-	if err := os.Rename(partial, filepath.Join(p.dir, sha)); err != nil {
-		return nil, ioError(err)
-	}
-	syncDir(p.dir)
 	syncDir(p.partialDir)
 	p.log.Info("package entered the cache", "sha256", sha, "size", end)
 	return packageResult{SHA256: sha, Present: true, Size: end}, nil

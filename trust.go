@@ -415,12 +415,6 @@ func (s *trustStore) current() *trustList {
 	return l
 }
 
-// lookup returns the entry admitting thumbprint tp from addr now, or an error
-// a log line can quote, as the trust sources are now.
-func (s *trustStore) lookup(tp string, addr net.Addr, now time.Time) (*trustEntry, error) {
-	return s.current().lookup(tp, addr, now)
-}
-
 // lookup returns the entry of l admitting thumbprint tp from addr now.
 func (l *trustList) lookup(tp string, addr net.Addr, now time.Time) (*trustEntry, error) {
 	e := l.entries[tp]
