@@ -28,18 +28,65 @@ type clientOpts struct {
 	pin     string
 	proxy   string
 	timeout time.Duration // dial + handshake
+	stderr  io.Writer     // where a first use says it made the identity
 	// sessions lets reconnects of one command resume TLS sessions; the pin is
 	// still checked on every handshake.
 	sessions tls.ClientSessionCache
 }
 
 // addClientFlags registers -home, -pin and -proxy on fs.
-func addClientFlags(fs *flag.FlagSet) *clientOpts {
-	o := &clientOpts{timeout: 15 * time.Second, sessions: tls.NewLRUClientSessionCache(4)}
+func addClientFlags(fs *flag.FlagSet, stderr io.Writer) *clientOpts {
+	o := &clientOpts{timeout: 15 * time.Second, sessions: tls.NewLRUClientSessionCache(4), stderr: stderr}
 	fs.StringVar(&o.home, "home", cmp.Or(os.Getenv("TENTACLE_HOME"), defaultHome()), "`dir`ectory with the client's identity (env TENTACLE_HOME)")
 	fs.StringVar(&o.pin, "pin", os.Getenv("TENTACLE_PIN"), "the agent's expected `thumbprint` (env TENTACLE_PIN)")
 	fs.StringVar(&o.proxy, "proxy", "", "reach the agent through an HTTP CONNECT proxy: http://[user:pass@]HOST:PORT")
 	return o
+}
+
+// clientCmd is one client command being run, and the prologue every
+// client command shares: its flag set with the shared client flags, the
+// words after the flags once parsed, the writers run was given, and how it
+// dials and reports a failure.
+type clientCmd struct {
+	name           string
+	fs             *flag.FlagSet
+	opts           *clientOpts
+	args           []string // the words after the flags, once parsed
+	stdout, stderr io.Writer
+}
+
+// newClientCmd starts a client command: its flag set, with the flags every
+// client command takes already on it.
+func newClientCmd(name, usage string, stdout, stderr io.Writer) *clientCmd {
+	fs := newFlagSet(name, usage, stderr)
+	return &clientCmd{name: name, fs: fs, opts: addClientFlags(fs, stderr), stdout: stdout, stderr: stderr}
+}
+
+// parse parses args and checks that min to max words follow the flags
+// (max < 0: any number). ok false means: exit with code.
+func (c *clientCmd) parse(args []string, min, max int) (code int, ok bool) {
+	c.args, code, ok = parseFlags(c.fs, args, min, max)
+	return code, ok
+}
+
+// dial connects to the agent at target; on failure it prints why and
+// returns nil.
+func (c *clientCmd) dial(target string) *clientConn {
+	return c.opts.dialFor(c.stderr, c.name, target)
+}
+
+// fail prints a failed request's error and returns exit code 1.
+func (c *clientCmd) fail(err error) int { return clientFailed(c.stderr, c.name, err) }
+
+// usage prints a usage error and returns exit code 2.
+func (c *clientCmd) usage(format string, args ...any) int {
+	_, code, _ := usageError(c.fs, format, args...)
+	return code
+}
+
+// follower follows one job of this command on the agent at addr.
+func (c *clientCmd) follower(addr string) *follower {
+	return &follower{o: c.opts, addr: addr, cmd: c.name, stdout: bufio.NewWriter(c.stdout), stderr: bufio.NewWriter(c.stderr), errw: c.stderr}
 }
 
 // agentAddr adds the default port to an address that has none.
@@ -69,7 +116,7 @@ func (o *clientOpts) dial(addr string) (*clientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-pin: %v", err)
 	}
-	id, err := ensureIdentity(&config{Home: o.home}, os.Stderr)
+	id, err := ensureIdentity(&config{Home: o.home}, o.stderr)
 	if err != nil {
 		return nil, err
 	}
@@ -286,12 +333,11 @@ Example:
 `
 
 func cmdCall(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("call", usageCall, stderr)
-	o := addClientFlags(fs)
-	rest, code, ok := parseFlags(fs, args, 2, 3)
-	if !ok {
+	c := newClientCmd("call", usageCall, stdout, stderr)
+	if code, ok := c.parse(args, 2, 3); !ok {
 		return code
 	}
+	rest := c.args
 	var params json.RawMessage
 	if len(rest) == 3 {
 		params = json.RawMessage(rest[2])
@@ -304,14 +350,14 @@ func cmdCall(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tentacle call: %s carries a body: use tentacle upload, download or push\n", rest[1])
 		return 2
 	}
-	cc := o.dialFor(stderr, "call", rest[0])
+	cc := c.dial(rest[0])
 	if cc == nil {
 		return 1
 	}
 	defer cc.Close()
 	var result json.RawMessage
 	if err := cc.call(rest[1], params, &result); err != nil {
-		return clientFailed(stderr, "call", err)
+		return c.fail(err)
 	}
 	var out bytes.Buffer
 	json.Indent(&out, result, "", "  ")

@@ -3,7 +3,6 @@ package main
 // deploy_client.go: the deploy, releases and rollback commands.
 
 import (
-	"bufio"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -73,43 +72,39 @@ func (v varList) Set(s string) error {
 }
 
 func cmdDeploy(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("deploy", usageDeploy, stderr)
-	o := addClientFlags(fs)
+	c := newClientCmd("deploy", usageDeploy, stdout, stderr)
+	fs := c.fs
 	vars := varList{}
 	fs.Var(vars, "var", "set `NAME=VALUE` in the scripts' environment (repeatable)")
 	retain := fs.Int("retain", 5, "keep this many newest releases")
 	timeout := fs.Duration("timeout", 0, "stop the deploy after this `duration` (default none)")
 	shell := fs.String("shell", "", "interpreter for the package's scripts: sh (default), bash, pwsh, or an absolute `path`")
 	format := fs.String("format", "", "the package's `format`: zip, tar or tar.gz (default: recognised from its bytes)")
-	rest, code, ok := parseFlags(fs, args, 4, 4)
-	if !ok {
+	if code, ok := c.parse(args, 4, 4); !ok {
 		return code
 	}
 	if *retain < 1 {
-		_, code, _ := usageError(fs, "-retain must be at least 1")
-		return code
+		return c.usage("-retain must be at least 1")
 	}
 	if *timeout < 0 {
-		_, code, _ := usageError(fs, "-timeout must not be negative")
-		return code
+		return c.usage("-timeout must not be negative")
 	}
-	addr, app, version, file := rest[0], rest[1], rest[2], rest[3]
+	addr, app, version, file := c.args[0], c.args[1], c.args[2], c.args[3]
 	for _, n := range [][2]string{{"APP", app}, {"VERSION", version}} {
 		if !validName(n[1]) {
-			_, code, _ := usageError(fs, "%s %q: want 1 to 64 of A-Z a-z 0-9 . _ -, not starting with \".\"", n[0], n[1])
-			return code
+			return c.usage("%s %q: want 1 to 64 of A-Z a-z 0-9 . _ -, not starting with \".\"", n[0], n[1])
 		}
 	}
-	cc := o.dialFor(stderr, "deploy", addr)
+	cc := c.dial(addr)
 	if cc == nil {
 		return exitNoJob
 	}
-	f := &follower{o: o, addr: addr, cmd: "deploy", stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
+	f := c.follower(addr)
 	f.setConn(cc)
 	defer f.close()
 	sha, err := pushPackage(cc, file, progressTo(stderr))
 	if err != nil {
-		clientFailed(stderr, "deploy", fmt.Errorf("failed to push %q: %w", file, err))
+		c.fail(fmt.Errorf("failed to push %q: %w", file, err))
 		return exitNoJob
 	}
 	params := map[string]any{"app": app, "version": version, "package": sha, "retain": *retain}
@@ -130,7 +125,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 		State  string `json:"state"`
 	}
 	if err := cc.call("deploy.start", params, &started); err != nil {
-		clientFailed(stderr, "deploy", err)
+		c.fail(err)
 		return exitNoJob
 	}
 	f.ticket = started.Ticket
@@ -162,7 +157,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 	if res.Current != nil {
 		cur = *res.Current
 	}
-	code = 0
+	code := 0
 	switch outcome {
 	case outcomeSuccess:
 		fmt.Fprintf(f.stdout, "deployed %s %s as release %s: current -> %s\n", app, version, res.Release, cur)
@@ -178,13 +173,12 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 }
 
 func cmdReleases(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("releases", usageReleases, stderr)
-	o := addClientFlags(fs)
-	rest, code, ok := parseFlags(fs, args, 1, 2)
-	if !ok {
+	c := newClientCmd("releases", usageReleases, stdout, stderr)
+	if code, ok := c.parse(args, 1, 2); !ok {
 		return code
 	}
-	cc := o.dialFor(stderr, "releases", rest[0])
+	rest := c.args
+	cc := c.dial(rest[0])
 	if cc == nil {
 		return 1
 	}
@@ -196,7 +190,7 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 			Apps []appInfo `json:"apps"`
 		}
 		if err := cc.call("deploy.list", nil, &r); err != nil {
-			return clientFailed(stderr, "releases", err)
+			return c.fail(err)
 		}
 		fmt.Fprintln(tw, "APP\tCURRENT")
 		for _, a := range r.Apps {
@@ -212,7 +206,7 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 		Releases []releaseInfo `json:"releases"`
 	}
 	if err := cc.call("deploy.list", map[string]string{"app": rest[1]}, &r); err != nil {
-		return clientFailed(stderr, "releases", err)
+		return c.fail(err)
 	}
 	fmt.Fprintln(tw, "\tRELEASE\tVERSION\tDEPLOYED\tOUTCOME\tPACKAGE")
 	for _, rel := range r.Releases {
@@ -233,17 +227,16 @@ func shortSHA(s string) string {
 }
 
 func cmdRollback(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("rollback", usageRollback, stderr)
-	o := addClientFlags(fs)
-	rest, code, ok := parseFlags(fs, args, 2, 3)
-	if !ok {
+	c := newClientCmd("rollback", usageRollback, stdout, stderr)
+	if code, ok := c.parse(args, 2, 3); !ok {
 		return code
 	}
+	rest := c.args
 	params := map[string]string{"app": rest[1]}
 	if len(rest) == 3 {
 		params["to"] = rest[2]
 	}
-	cc := o.dialFor(stderr, "rollback", rest[0])
+	cc := c.dial(rest[0])
 	if cc == nil {
 		return 1
 	}
@@ -253,7 +246,7 @@ func cmdRollback(args []string, stdout, stderr io.Writer) int {
 		Previous *string `json:"previous"`
 	}
 	if err := cc.call("deploy.rollback", params, &r); err != nil {
-		return clientFailed(stderr, "rollback", err)
+		return c.fail(err)
 	}
 	prev := "(none)"
 	if r.Previous != nil {

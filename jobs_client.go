@@ -88,8 +88,8 @@ func splitDashDash(args []string) (before, after []string, found bool) {
 }
 
 func cmdExec(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("exec", usageExec, stderr)
-	o := addClientFlags(fs)
+	c := newClientCmd("exec", usageExec, stdout, stderr)
+	fs := c.fs
 	shell := fs.String("shell", "", "interpreter: sh (default), bash, pwsh, or an absolute `path`")
 	timeout := fs.Duration("timeout", 0, "stop the job after this `duration` (default none)")
 	isolation := fs.String("isolation", "none", "none, or full: run alone within the mutex")
@@ -99,13 +99,12 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	cwd := fs.String("cwd", "", "run in this absolute `dir`ectory on the agent (default: the job's own fresh work folder)")
 	file := fs.String("file", "", "read the script from `path` (- for stdin)")
 	flagArgs, words, dashed := splitDashDash(args)
-	rest, code, ok := parseFlags(fs, flagArgs, 1, -1)
-	if !ok {
+	if code, ok := c.parse(flagArgs, 1, -1); !ok {
 		return code
 	}
+	rest := c.args
 	if dashed && len(rest) > 1 {
-		_, code, _ := usageError(fs, "%q before \"--\": the script goes after it (ADDR -- SCRIPT)", rest[1])
-		return code
+		return c.usage("%q before \"--\": the script goes after it (ADDR -- SCRIPT)", rest[1])
 	}
 	words = append(rest[1:], words...)
 	var script string
@@ -125,18 +124,15 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 		}
 		script = string(b)
 	case len(words) == 0:
-		_, code, _ := usageError(fs, "no script: give one after \"--\" (ADDR -- SCRIPT) or with -file")
-		return code
+		return c.usage("no script: give one after \"--\" (ADDR -- SCRIPT) or with -file")
 	default:
 		script, words = words[0], words[1:]
 	}
 	if *isolation != "none" && *isolation != "full" {
-		_, code, _ := usageError(fs, "-isolation must be none or full, not %q", *isolation)
-		return code
+		return c.usage("-isolation must be none or full, not %q", *isolation)
 	}
 	if *timeout < 0 {
-		_, code, _ := usageError(fs, "-timeout must not be negative")
-		return code
+		return c.usage("-timeout must not be negative")
 	}
 	params := map[string]any{"script": script}
 	if *shell != "" {
@@ -161,8 +157,8 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 		params["mutex"] = *mutex
 	}
 
-	f := &follower{o: o, addr: rest[0], cmd: "exec", stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
-	cc := o.dialFor(stderr, "exec", f.addr)
+	f := c.follower(rest[0])
+	cc := c.dial(f.addr)
 	if cc == nil {
 		return exitNoJob
 	}
@@ -173,7 +169,7 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 		State  string `json:"state"`
 	}
 	if err := cc.call("script.start", params, &started); err != nil {
-		clientFailed(stderr, "exec", err)
+		c.fail(err)
 		return exitNoJob
 	}
 	f.ticket = started.Ticket
@@ -254,6 +250,7 @@ type follower struct {
 	after  int64 // the seq of the last line printed
 	stdout *bufio.Writer
 	stderr *bufio.Writer
+	errw   io.Writer // stderr unbuffered, for the Ctrl-C goroutine's remarks
 
 	mu      sync.Mutex // guards cc
 	cc      *clientConn
@@ -446,7 +443,7 @@ func (f *follower) handleInterrupt() func() {
 				continue
 			}
 			first = time.Now()
-			fmt.Fprintf(os.Stderr, "tentacle %s: cancelling job %s (Ctrl-C again to stop waiting)\n", f.cmd, f.ticket)
+			fmt.Fprintf(f.errw, "tentacle %s: cancelling job %s (Ctrl-C again to stop waiting)\n", f.cmd, f.ticket)
 			go func() {
 				defer close(f.cancelled)
 				cc, err := f.o.dial(f.addr)
@@ -455,7 +452,7 @@ func (f *follower) handleInterrupt() func() {
 					cc.Close()
 				}
 				if err != nil {
-					fmt.Fprintf(os.Stderr, "tentacle %s: failed to cancel job %s: %v\n", f.cmd, f.ticket, err)
+					fmt.Fprintf(f.errw, "tentacle %s: failed to cancel job %s: %v\n", f.cmd, f.ticket, err)
 				}
 			}()
 		}
@@ -479,13 +476,11 @@ Example:
 `
 
 func cmdJobs(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("jobs", usageJobs, stderr)
-	o := addClientFlags(fs)
-	rest, code, ok := parseFlags(fs, args, 1, 1)
-	if !ok {
+	c := newClientCmd("jobs", usageJobs, stdout, stderr)
+	if code, ok := c.parse(args, 1, 1); !ok {
 		return code
 	}
-	cc := o.dialFor(stderr, "jobs", rest[0])
+	cc := c.dial(c.args[0])
 	if cc == nil {
 		return 1
 	}
@@ -500,7 +495,7 @@ func cmdJobs(args []string, stdout, stderr io.Writer) int {
 		} `json:"jobs"`
 	}
 	if err := cc.call("job.list", nil, &r); err != nil {
-		return clientFailed(stderr, "jobs", err)
+		return c.fail(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TICKET\tKIND\tSTATE\tOUTCOME\tSTARTED")
@@ -534,15 +529,14 @@ Example:
 `
 
 func cmdJob(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("job", usageJob, stderr)
-	o := addClientFlags(fs)
-	followFlag := fs.Bool("follow", false, "stream the log until the job ends, and exit with its exit code")
-	rest, code, ok := parseFlags(fs, args, 2, 2)
-	if !ok {
+	c := newClientCmd("job", usageJob, stdout, stderr)
+	followFlag := c.fs.Bool("follow", false, "stream the log until the job ends, and exit with its exit code")
+	if code, ok := c.parse(args, 2, 2); !ok {
 		return code
 	}
-	f := &follower{o: o, addr: rest[0], cmd: "job", ticket: rest[1], stdout: bufio.NewWriter(stdout), stderr: bufio.NewWriter(stderr)}
-	cc := o.dialFor(stderr, "job", f.addr)
+	f := c.follower(c.args[0])
+	f.ticket = c.args[1]
+	cc := c.dial(f.addr)
 	if cc == nil {
 		return 1
 	}
@@ -565,7 +559,7 @@ func cmdJob(args []string, stdout, stderr io.Writer) int {
 	for {
 		var page statusReply
 		if err := cc.call("job.status", map[string]any{"ticket": f.ticket, "after": f.after}, &page); err != nil {
-			return clientFailed(stderr, "job", err)
+			return c.fail(err)
 		}
 		st = page
 		logs = append(logs, page.Logs...)

@@ -432,19 +432,16 @@ Example:
 `
 
 func cmdUpload(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("upload", usageUpload, stderr)
-	o := addClientFlags(fs)
-	mode := fs.String("mode", "", "the file's `mode` on the agent, octal (default: LOCAL's)")
-	noOverwrite := fs.Bool("no-overwrite", false, "fail (conflict) if REMOTE exists")
-	rest, code, ok := parseFlags(fs, args, 3, 3)
-	if !ok {
+	c := newClientCmd("upload", usageUpload, stdout, stderr)
+	mode := c.fs.String("mode", "", "the file's `mode` on the agent, octal (default: LOCAL's)")
+	noOverwrite := c.fs.Bool("no-overwrite", false, "fail (conflict) if REMOTE exists")
+	if code, ok := c.parse(args, 3, 3); !ok {
 		return code
 	}
-	addr, local, remote := rest[0], rest[1], rest[2]
+	addr, local, remote := c.args[0], c.args[1], c.args[2]
 	if *mode != "" {
 		if _, err := parseMode(*mode); err != nil {
-			_, c, _ := usageError(fs, "-mode %q: want an octal mode such as 0644 or 0755", *mode)
-			return c
+			return c.usage("-mode %q: want an octal mode such as 0644 or 0755", *mode)
 		}
 	} else if fi, err := os.Stat(local); err == nil && !isWindows {
 		*mode = fmt.Sprintf("%04o", fi.Mode().Perm())
@@ -459,14 +456,14 @@ func cmdUpload(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tentacle upload: %v\n", err)
 		return 1
 	}
-	cc := o.dialFor(stderr, "upload", addr)
+	cc := c.dial(addr)
 	if cc == nil {
 		return 1
 	}
 	defer cc.Close()
 	res, err := uploadFile(cc, local, remote, *mode, !*noOverwrite, progressTo(stderr))
 	if err != nil {
-		return clientFailed(stderr, "upload", err)
+		return c.fail(err)
 	}
 	fmt.Fprintf(stdout, "uploaded %q to %q (%s, sha256 %s)\n", local, res.Path, humanBytes(res.Size), res.SHA256)
 	return 0
@@ -487,20 +484,18 @@ Example:
 `
 
 func cmdDownload(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("download", usageDownload, stderr)
-	o := addClientFlags(fs)
-	rest, code, ok := parseFlags(fs, args, 3, 3)
-	if !ok {
+	c := newClientCmd("download", usageDownload, stdout, stderr)
+	if code, ok := c.parse(args, 3, 3); !ok {
 		return code
 	}
-	cc := o.dialFor(stderr, "download", rest[0])
+	cc := c.dial(c.args[0])
 	if cc == nil {
 		return 1
 	}
 	defer cc.Close()
-	res, local, err := downloadFile(cc, rest[1], rest[2], progressTo(stderr))
+	res, local, err := downloadFile(cc, c.args[1], c.args[2], progressTo(stderr))
 	if err != nil {
-		return clientFailed(stderr, "download", err)
+		return c.fail(err)
 	}
 	fmt.Fprintf(stdout, "downloaded %q to %q (%s, sha256 %s)\n", res.Path, local, humanBytes(res.Size), res.SHA256)
 	return 0
@@ -521,12 +516,11 @@ Example:
 `
 
 func cmdPush(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("push", usagePush, stderr)
-	o := addClientFlags(fs)
-	rest, code, ok := parseFlags(fs, args, 2, 2)
-	if !ok {
+	c := newClientCmd("push", usagePush, stdout, stderr)
+	if code, ok := c.parse(args, 2, 2); !ok {
 		return code
 	}
+	rest := c.args
 	progress := progressTo(stderr)
 	f, fi, err := openRegular(rest[1])
 	if err != nil {
@@ -542,7 +536,7 @@ func cmdPush(args []string, stdout, stderr io.Writer) int {
 	const attempts = 4
 	broken := false // the last attempt lost its connection
 	for i := 1; ; i++ {
-		cc := o.dialFor(stderr, "push", rest[0])
+		cc := c.dial(rest[0])
 		if cc == nil {
 			return 1
 		}
@@ -561,7 +555,7 @@ func cmdPush(args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		if err != nil {
-			return clientFailed(stderr, "push", err)
+			return c.fail(err)
 		}
 		if !sent && progress != nil {
 			fmt.Fprintf(stderr, "the agent already has this package: nothing sent\n")
