@@ -99,11 +99,14 @@ func agentAddr(addr string) string {
 
 // clientConn is an open connection to an agent.
 type clientConn struct {
-	tc     *tls.Conn
-	br     *bufio.Reader
-	bw     *bufio.Writer
-	nextID int64
-	agent  string // the agent's thumbprint
+	tc       *tls.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	nextID   int64
+	agent    string // the agent's thumbprint
+	addr     string // the agent's address, for messages
+	self     string // this client's thumbprint, for messages
+	answered bool   // an answer has arrived: the agent accepted this client
 }
 
 // dial connects to the agent at addr and checks its thumbprint against the
@@ -174,12 +177,27 @@ func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Durati
 		if shown != "" && shown != pin {
 			return nil, fmt.Errorf("the agent at %s has thumbprint %s, not the pinned %s: refusing to talk to it", addr, shown, pin)
 		}
-		if strings.Contains(err.Error(), "bad certificate") || strings.Contains(err.Error(), "certificate required") {
-			return nil, fmt.Errorf("the agent at %s refused this client (%v): trust it there with \"tentacle trust add %s\"", addr, err, id.thumbprint)
+		if isRefusal(err) {
+			return nil, refusedError(addr, id.thumbprint)
 		}
 		return nil, fmt.Errorf("TLS handshake with %s failed: %v", addr, err)
 	}
-	return &clientConn{tc: tc, br: bufio.NewReaderSize(tc, 64<<10), bw: bufio.NewWriterSize(tc, 64<<10), agent: shown}, nil
+	return &clientConn{tc: tc, br: bufio.NewReaderSize(tc, 64<<10), bw: bufio.NewWriterSize(tc, 64<<10),
+		agent: shown, addr: addr, self: id.thumbprint}, nil
+}
+
+// isRefusal reports the TLS alert an agent sends a client it does not
+// trust. Under TLS 1.3 it arrives after the client's handshake has
+// returned, with the first answer, so receive checks for it too.
+func isRefusal(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "bad certificate") || strings.Contains(err.Error(), "certificate required"))
+}
+
+// refusedError says what the agent's refusal means and the command that
+// ends it. The alert is the same for an unknown key and for a known one
+// that from= or expires= keeps out, so the message names both.
+func refusedError(addr, self string) error {
+	return fmt.Errorf("the agent at %s does not trust this client (thumbprint %s), or its trust entry's from= or expires= keeps this connection out: on the agent, run \"tentacle trust add %s NAME\" (with -home DIR if the agent runs with one), or check that entry's options with \"tentacle trust list\"", addr, self, self)
 }
 
 // dialProxy opens a tunnel to addr through an HTTP CONNECT proxy.
@@ -269,11 +287,15 @@ func (c *clientConn) send(method string, params any, body io.Reader, size int64)
 func (c *clientConn) receive(result any) error {
 	line, err := readLine(c.br, 64<<20)
 	if err != nil {
-		if err == io.EOF {
+		switch {
+		case !c.answered && isRefusal(err):
+			return refusedError(c.addr, c.self)
+		case err == io.EOF:
 			return errors.New("the agent closed the connection")
 		}
 		return err
 	}
+	c.answered = true
 	var r clientResponse
 	if err := json.Unmarshal(line, &r); err != nil {
 		return fmt.Errorf("bad answer from the agent: %v", err)

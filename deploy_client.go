@@ -35,13 +35,15 @@ Example:
 
 const usageReleases = `
 Usage:
-  tentacle releases [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR [APP]
+  tentacle releases [-home DIR] -pin THUMBPRINT [-proxy URL] [-json] ADDR [APP]
 
 Lists APP's releases on the agent at ADDR, oldest first, "*" marking
-current; without APP, lists the apps and their current release.
+current; without APP, lists the apps and their current release. With
+-json, one JSON object a line (deploy.list's items), for scripts.
 
 Example:
   tentacle releases -pin 5B01…9A web1 shop
+  tentacle releases -pin 5B01…9A -json web1 shop | jq -r 'select(.outcome=="success") | .release'
 `
 
 const usageRollback = `
@@ -174,6 +176,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 
 func cmdReleases(args []string, stdout, stderr io.Writer) int {
 	c := newClientCmd("releases", usageReleases, stdout, stderr)
+	asJSON := c.fs.Bool("json", false, "print one JSON object a line instead of a table")
 	if code, ok := c.parse(args, 1, 2); !ok {
 		return code
 	}
@@ -192,6 +195,9 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 		if err := cc.call("deploy.list", nil, &r); err != nil {
 			return c.fail(err)
 		}
+		if *asJSON {
+			return printJSONLines(stdout, r.Apps)
+		}
 		fmt.Fprintln(tw, "APP\tCURRENT")
 		for _, a := range r.Apps {
 			cur := "-"
@@ -207,6 +213,9 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := cc.call("deploy.list", map[string]string{"app": rest[1]}, &r); err != nil {
 		return c.fail(err)
+	}
+	if *asJSON {
+		return printJSONLines(stdout, r.Releases)
 	}
 	fmt.Fprintln(tw, "\tRELEASE\tVERSION\tDEPLOYED\tOUTCOME\tPACKAGE")
 	for _, rel := range r.Releases {

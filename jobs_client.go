@@ -36,13 +36,16 @@ const usageExec = `
 Usage:
   tentacle exec [-home DIR] -pin THUMBPRINT [-proxy URL] [-shell S] [-timeout D]
                 [-isolation none|full] [-mutex M] [-env K=V]... [-cwd DIR]
-                [-file PATH|-] ADDR -- SCRIPT [ARGS...]
+                [-file PATH|-] ADDR -- COMMAND...
 
-Runs SCRIPT (a script's text, run by the shell) on the agent at ADDR as a
-job, streams its stdout to stdout and its stderr to stderr as it runs,
-completes the job and exits with the script's exit code, like
-"ssh host cmd". With -file the script is read from PATH (- for stdin) and
-every word after "--" is an argument ($1, $2, …).
+Runs COMMAND on the agent at ADDR as a job, streams its stdout to stdout
+and its stderr to stderr as it runs, completes the job and exits with the
+script's exit code, like "ssh host cmd": the words after "--" are joined
+with spaces into one command line for the shell, so
+"tentacle exec web1 -- ls -la /srv" runs "ls -la /srv" (quote what the
+remote shell should see as one word, as with ssh). With -file the script is
+read from PATH (- for stdin) and every word after "--" is an argument ($1,
+$2, …) of it, passed as it is.
 
 Ctrl-C cancels the job on the agent (its whole process tree is stopped); a
 second Ctrl-C stops waiting and leaves the job to the agent. If the
@@ -57,7 +60,8 @@ unreachable, job lost in an agent restart); 2 a usage error.
 
 Example:
   tentacle exec -pin 5B01…9A web1 -- 'uname -a; df -h /'
-  tentacle exec -pin 5B01…9A web1 -- 'echo "hello $1"' world
+  tentacle exec -pin 5B01…9A web1 -- ls -la /srv
+  tentacle exec -pin 5B01…9A -file deploy-check.sh web1 -- "two words" 3
   tentacle exec -pin 5B01…9A -timeout 10m -isolation full web1 -- 'apt-get -y upgrade'
   tentacle exec -pin 5B01…9A -shell bash -file migrate.sh web1 -- production
 `
@@ -102,50 +106,30 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	if code, ok := c.parse(flagArgs, 1, -1); !ok {
 		return code
 	}
-	rest := c.args
-	if dashed && len(rest) > 1 {
-		return c.usage("%q before \"--\": the script goes after it (ADDR -- SCRIPT)", rest[1])
+	if dashed && len(c.args) > 1 {
+		return c.usage("%q before \"--\": the command goes after it (ADDR -- COMMAND)", c.args[1])
 	}
-	words = append(rest[1:], words...)
-	var script string
 	switch {
-	case *file == "-":
-		b, err := io.ReadAll(os.Stdin)
-		if err != nil {
-			fmt.Fprintf(stderr, "tentacle exec: failed to read the script from stdin: %v\n", err)
-			return 1
-		}
-		script = string(b)
-	case *file != "":
-		b, err := os.ReadFile(*file)
-		if err != nil {
-			fmt.Fprintf(stderr, "tentacle exec: failed to read the script: %v\n", err)
-			return 1
-		}
-		script = string(b)
-	case len(words) == 0:
-		return c.usage("no script: give one after \"--\" (ADDR -- SCRIPT) or with -file")
-	default:
-		script, words = words[0], words[1:]
-	}
-	if *isolation != "none" && *isolation != "full" {
+	case *isolation != "none" && *isolation != "full":
 		return c.usage("-isolation must be none or full, not %q", *isolation)
-	}
-	if *timeout < 0 {
+	case *timeout < 0:
 		return c.usage("-timeout must not be negative")
 	}
-	params := map[string]any{"script": script}
-	if *shell != "" {
-		params["shell"] = *shell
+	script, scriptArgs, code, ok := c.execScript(*file, append(c.args[1:], words...))
+	if !ok {
+		return code
 	}
-	if len(words) > 0 {
-		params["args"] = words
+	params := map[string]any{"script": script}
+	for k, v := range map[string]string{"shell": *shell, "cwd": *cwd, "mutex": *mutex} {
+		if v != "" {
+			params[k] = v
+		}
+	}
+	if len(scriptArgs) > 0 {
+		params["args"] = scriptArgs
 	}
 	if len(env) > 0 {
 		params["env"] = map[string]string(env)
-	}
-	if *cwd != "" {
-		params["cwd"] = *cwd
 	}
 	if *timeout > 0 {
 		params["timeout_s"] = timeout.Seconds()
@@ -153,11 +137,39 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	if *isolation == "full" {
 		params["isolation"] = "full"
 	}
-	if *mutex != "" {
-		params["mutex"] = *mutex
-	}
+	return c.execJob(c.args[0], params)
+}
 
-	f := c.follower(rest[0])
+// execScript is exec's script and its arguments: the file's text with the
+// words as $1, $2, …, or else (as ssh does) the words joined into one
+// command line for the remote shell. ok false means: exit with code, the
+// reason printed.
+func (c *clientCmd) execScript(file string, words []string) (script string, args []string, code int, ok bool) {
+	var b []byte
+	var err error
+	switch {
+	case file == "-":
+		if b, err = io.ReadAll(os.Stdin); err != nil {
+			fmt.Fprintf(c.stderr, "tentacle exec: failed to read the script from stdin: %v\n", err)
+			return "", nil, 1, false
+		}
+	case file != "":
+		if b, err = os.ReadFile(file); err != nil {
+			fmt.Fprintf(c.stderr, "tentacle exec: failed to read the script: %v\n", err)
+			return "", nil, 1, false
+		}
+	case len(words) == 0:
+		return "", nil, c.usage("no script: give one after \"--\" (ADDR -- COMMAND) or with -file"), false
+	default:
+		return strings.Join(words, " "), nil, 0, true
+	}
+	return string(b), words, 0, true
+}
+
+// execJob starts a script job on the agent at addr, streams its output,
+// completes it and returns exec's exit code.
+func (c *clientCmd) execJob(addr string, params map[string]any) int {
+	f := c.follower(addr)
 	cc := c.dial(f.addr)
 	if cc == nil {
 		return exitNoJob
@@ -465,18 +477,21 @@ func (f *follower) handleInterrupt() func() {
 
 const usageJobs = `
 Usage:
-  tentacle jobs [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR
+  tentacle jobs [-home DIR] -pin THUMBPRINT [-proxy URL] [-json] ADDR
 
 Lists the agent's jobs, oldest first: running, queued, and finished ones
 nobody has completed yet (they are removed after the agent's retention
-period).
+period). With -json, one JSON object a line (job.list's items), for
+scripts.
 
 Example:
   tentacle jobs -pin 5B01…9A web1
+  tentacle jobs -pin 5B01…9A -json web1 | jq -r 'select(.state=="running") | .ticket'
 `
 
 func cmdJobs(args []string, stdout, stderr io.Writer) int {
 	c := newClientCmd("jobs", usageJobs, stdout, stderr)
+	asJSON := c.fs.Bool("json", false, "print one JSON object a line instead of a table")
 	if code, ok := c.parse(args, 1, 1); !ok {
 		return code
 	}
@@ -486,16 +501,13 @@ func cmdJobs(args []string, stdout, stderr io.Writer) int {
 	}
 	defer cc.Close()
 	var r struct {
-		Jobs []struct {
-			Ticket  string  `json:"ticket"`
-			Kind    string  `json:"kind"`
-			State   string  `json:"state"`
-			Outcome *string `json:"outcome"`
-			Started *string `json:"started"`
-		} `json:"jobs"`
+		Jobs []jobListItem `json:"jobs"`
 	}
 	if err := cc.call("job.list", nil, &r); err != nil {
 		return c.fail(err)
+	}
+	if *asJSON {
+		return printJSONLines(stdout, r.Jobs)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TICKET\tKIND\tSTATE\tOUTCOME\tSTARTED")
@@ -504,6 +516,27 @@ func cmdJobs(args []string, stdout, stderr io.Writer) int {
 	}
 	tw.Flush()
 	return 0
+}
+
+// printJSONLines prints each item as one line of JSON (for -json).
+func printJSONLines[T any](w io.Writer, items []T) int {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	for _, it := range items {
+		enc.Encode(it)
+	}
+	return 0
+}
+
+// countTrue counts the flags that are set.
+func countTrue(flags ...bool) int {
+	n := 0
+	for _, f := range flags {
+		if f {
+			n++
+		}
+	}
+	return n
 }
 
 func orDash(s *string) string {
@@ -515,24 +548,34 @@ func orDash(s *string) string {
 
 const usageJob = `
 Usage:
-  tentacle job [-home DIR] -pin THUMBPRINT [-proxy URL] [-follow] ADDR TICKET
+  tentacle job [-home DIR] -pin THUMBPRINT [-proxy URL] [-follow|-cancel|-complete] ADDR TICKET
 
 Shows one job: its state, outcome, exit code, times, a deploy's result, and
 its whole log, one line an entry (time, stream, text). With -follow it
 instead streams the log as exec does (stdout to stdout, stderr to stderr)
 until the job ends, reconnecting if the connection drops, and exits with
-exec's exit codes. It never completes the job.
+exec's exit codes; it never completes the job. -cancel cancels the job (a
+queued one never starts; a running one's processes are stopped) and shows
+it; -complete tells the agent the job's output has been read, so it removes
+the job and its work folder (a running job cannot be completed: cancel it
+first), and shows what was left of its log.
 
 Example:
   tentacle job -pin 5B01…9A web1 3f9c0a7e5d2b1c84
   tentacle job -pin 5B01…9A -follow web1 3f9c0a7e5d2b1c84
+  tentacle job -pin 5B01…9A -cancel web1 3f9c0a7e5d2b1c84
 `
 
 func cmdJob(args []string, stdout, stderr io.Writer) int {
 	c := newClientCmd("job", usageJob, stdout, stderr)
 	followFlag := c.fs.Bool("follow", false, "stream the log until the job ends, and exit with its exit code")
+	cancelFlag := c.fs.Bool("cancel", false, "cancel the job, then show it")
+	completeFlag := c.fs.Bool("complete", false, "complete the job (the agent forgets it), showing the rest of its log")
 	if code, ok := c.parse(args, 2, 2); !ok {
 		return code
+	}
+	if n := countTrue(*followFlag, *cancelFlag, *completeFlag); n > 1 {
+		return c.usage("-follow, -cancel and -complete go one at a time")
 	}
 	f := c.follower(c.args[0])
 	f.ticket = c.args[1]
@@ -556,17 +599,32 @@ func cmdJob(args []string, stdout, stderr io.Writer) int {
 	}
 	var st statusReply
 	var logs []logEntry
-	for {
+	if *cancelFlag {
+		if err := cc.call("job.cancel", map[string]any{"ticket": f.ticket}, nil); err != nil {
+			return c.fail(err)
+		}
+		fmt.Fprintf(stderr, "tentacle job: cancelled job %s\n", f.ticket)
+	}
+	for method := "job.status"; ; {
 		var page statusReply
-		if err := cc.call("job.status", map[string]any{"ticket": f.ticket, "after": f.after}, &page); err != nil {
+		if err := cc.call(method, map[string]any{"ticket": f.ticket, "after": f.after}, &page); err != nil {
 			return c.fail(err)
 		}
 		st = page
 		logs = append(logs, page.Logs...)
-		if len(page.Logs) == 0 || page.Next <= f.after {
+		if page.Next > f.after {
+			f.after = page.Next
+		}
+		if method == "job.complete" {
 			break
 		}
-		f.after = page.Next
+		if len(page.Logs) == 0 {
+			if !*completeFlag {
+				break
+			}
+			// Every line read: complete it now (the agent then forgets it).
+			method = "job.complete"
+		}
 	}
 	w := f.stdout
 	fmt.Fprintf(w, "ticket:    %s\nkind:      %s\nstate:     %s\noutcome:   %s\n", st.Ticket, st.Kind, st.State, orDash(st.Outcome))

@@ -991,7 +991,8 @@ func TestExecCLI(t *testing.T) {
 	}{
 		{"stdout and stderr apart", []string{a.addr, "--", "echo out1; echo err1 >&2; echo out2"}, 0, "out1\nout2\n", "err1\n"},
 		{"exit code", []string{a.addr, "--", "exit 42"}, 42, "", ""},
-		{"arguments", []string{a.addr, "--", `echo "[$1] [$2]"`, "a b", "c"}, 0, "[a b] [c]\n", ""},
+		{"words joined as ssh does", []string{a.addr, "--", "echo", "hello", "world"}, 0, "hello world\n", ""},
+		{"a command with its flags", []string{a.addr, "--", "ls", "-d", "/"}, 0, "/\n", ""},
 		{"env and cwd", []string{"-env", "X=1", "-env", "Y=two=2", "-cwd", "/", a.addr, "--", `echo "$X $Y $(pwd)"`}, 0, "1 two=2 /\n", ""},
 		{"script from a file", []string{"-file", script, a.addr, "--", "arg"}, 7, "from file arg\n", "oops\n"},
 		{"timeout", []string{"-timeout", "300ms", a.addr, "--", "echo started; sleep 1000"}, exitTimedOut, "started\n", "timed out"},
@@ -1072,9 +1073,11 @@ func TestExecReconnects(t *testing.T) {
 	var stdout, stderr syncBuffer
 	codec := make(chan int, 1)
 	go func() {
+		// The words after "--" are one command line, as with ssh: the gate's
+		// path is in it.
 		codec <- run([]string{"exec", "-home", a.clientHome, "-pin", a.thumbprint, r.ln.Addr().String(), "--",
 			`i=1; while [ $i -le 1000 ]; do echo "line $i"; i=$((i+1)); done; echo err >&2
-while [ ! -e "$1" ]; do sleep 0.01; done; echo after`, gate}, &stdout, &stderr)
+while [ ! -e '` + gate + `' ]; do sleep 0.01; done; echo after`}, &stdout, &stderr)
 	}()
 	waitFor(t, "the first 1000 lines", 10*time.Second, func() bool { return strings.Count(stdout.String(), "\n") == 1000 })
 	if r.cut() == 0 {

@@ -917,3 +917,34 @@ func rawLines(rs []json.RawMessage) [][]byte {
 	}
 	return out
 }
+
+// TestUntrustedClientToldWhy: a client the agent does not trust is told so
+// by every command, with its thumbprint and the command that trusts it,
+// not only "remote error: tls: bad certificate" (under TLS 1.3 the refusal
+// arrives after the client's handshake has returned).
+func TestUntrustedClientToldWhy(t *testing.T) {
+	a := startAgent(t)
+	strangerHome := t.TempDir()
+	stranger, err := newIdentity(filepath.Join(strangerHome, "tentacle.key"), filepath.Join(strangerHome, "tentacle.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"call", a.addr, "ping"},
+		{"exec", a.addr, "--", "true"},
+		{"jobs", a.addr},
+		{"releases", a.addr},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			full := append([]string{args[0], "-home", strangerHome, "-pin", a.thumbprint}, args[1:]...)
+			_, errOut, code := runCLI(full...)
+			if code == 0 || !strings.Contains(errOut, "does not trust this client") || !strings.Contains(errOut, stranger.thumbprint) ||
+				!strings.Contains(errOut, "tentacle trust add "+stranger.thumbprint) || strings.Contains(errOut, "remote error") {
+				t.Fatalf("%v: code %d, stderr %q", args, code, errOut)
+			}
+		})
+	}
+	if err := a.dial(t).call("ping", nil, nil); err != nil {
+		t.Fatalf("the agent stopped serving its trusted client: %v", err)
+	}
+}

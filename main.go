@@ -92,9 +92,66 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return c.run(args[1:], stdout, stderr)
 		}
 	}
-	fmt.Fprintf(stderr, "tentacle: unknown command %q\n\n", args[0])
-	printMainUsage(stderr)
+	fmt.Fprintf(stderr, "tentacle: unknown command %q%s\nRun \"tentacle help\" for the commands.\n", args[0], didYouMean(name, commandNames()))
 	return 2
+}
+
+// commandNames lists the commands, for suggestions.
+func commandNames() []string {
+	names := make([]string, len(commands))
+	for i, c := range commands {
+		names[i] = c.name
+	}
+	return names
+}
+
+// didYouMean is " (did you mean "X"?)" for the closest of names, or "".
+func didYouMean(word string, names []string) string {
+	if s := suggest(word, names); s != "" {
+		return fmt.Sprintf(" (did you mean %q?)", s)
+	}
+	return ""
+}
+
+// suggest returns the name closest to a mistyped word: within two edits
+// (a typo, a swapped pair, a missing letter) or of which word is a prefix,
+// else "".
+func suggest(word string, names []string) string {
+	best, bestD := "", 3
+	for _, n := range names {
+		d := editDistance(word, n)
+		if strings.HasPrefix(n, word) && len(word) >= 2 {
+			d = min(d, 1)
+		}
+		if d < bestD {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance of a and b: edits,
+// where swapping two neighbours counts as one, as typing errors do.
+func editDistance(a, b string) int {
+	prev2, prev, cur := make([]int, len(b)+1), make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(b)]
 }
 
 func printMainUsage(w io.Writer) {
@@ -115,7 +172,7 @@ func cmdHelp(args []string, stdout, stderr io.Writer) int {
 			return c.run([]string{"-h"}, stdout, stdout)
 		}
 	}
-	fmt.Fprintf(stderr, "tentacle help: unknown command %q\n", args[0])
+	fmt.Fprintf(stderr, "tentacle help: unknown command %q%s\n", args[0], didYouMean(args[0], commandNames()))
 	return 2
 }
 
@@ -138,11 +195,26 @@ func newFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
 // "trust add X -home H" would otherwise take "-home" as a name. Words after
 // a "--" are not checked. ok false means: return code.
 func parseFlags(fs *flag.FlagSet, args []string, min, max int) (rest []string, code int, ok bool) {
-	if err := fs.Parse(args); err != nil {
+	// The flag package would print its error above the whole usage text:
+	// say what is wrong in one line instead, with a suggestion.
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.Usage()
 			return nil, 0, false
 		}
-		return nil, 2, false // the flag package has printed the error and usage
+		msg := err.Error()
+		if name, found := strings.CutPrefix(msg, "flag provided but not defined: -"); found {
+			var names []string
+			fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+			if s := suggest(name, names); s != "" {
+				msg += fmt.Sprintf(" (did you mean -%s?)", s)
+			}
+		}
+		return usageError(fs, "%s", msg)
 	}
 	rest = fs.Args()
 	dashdash := len(rest)
