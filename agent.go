@@ -1,5 +1,9 @@
 package main
 
+// agent.go: the agent assembled and taken down: the server value, its
+// start-up (home, lock, identity, trust, jobs, packages, apps, audit) and
+// its graceful shutdown.
+
 import (
 	"bytes"
 	"context"

@@ -1,5 +1,9 @@
 package main
 
+// deploy_methods.go: the deploy methods' handlers (deploy.start,
+// deploy.list, deploy.rollback): checking params and answering; the work is
+// in deploy.go and deploy_run.go.
+
 import (
 	"os"
 	"path/filepath"

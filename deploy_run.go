@@ -1,5 +1,9 @@
 package main
 
+// deploy_run.go: one deploy job from start to end (PROTOCOL §5 "Deploys",
+// steps 1–5): the release recorded, the package extracted, the convention
+// scripts run, current switched, and a failure put right.
+
 import (
 	"cmp"
 	"context"

@@ -1,5 +1,9 @@
 package main
 
+// envelope_frame.go: the framing around the envelope (PROTOCOL §3): lines
+// read under their cap, the read deadlines, and the binary bodies that
+// follow a request line.
+
 import (
 	"bufio"
 	"bytes"

@@ -1,6 +1,6 @@
 package main
 
-// exec.go: the client commands for jobs: exec (run a script and stream its
+// jobs_client.go: the client commands for jobs: exec (run a script and stream its
 // output, like "ssh host cmd"), jobs (list) and job (show or follow one).
 
 import (

@@ -1,6 +1,6 @@
 package main
 
-// jobstore.go: where jobs live on disk. Job states are lines in a journal,
+// jobs_journal.go: where jobs live on disk. Job states are lines in a journal,
 // <home>/work/jobs.journal; each job has a work directory
 // <home>/work/<ticket>/ with the agent's files (log, script) in .tentacle/.
 //

@@ -1,6 +1,6 @@
 package main
 
-// joblog.go: a job's output log. On disk it is an append-only file of JSON
+// jobs_log.go: a job's output log. On disk it is an append-only file of JSON
 // lines, one an entry, written exactly as job.status answers them
 // ({"seq":…,"stream":…,"text":…,"time":…}), so that reading needs no
 // re-encoding. In memory a job keeps only the log's extent and a bounded

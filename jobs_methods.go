@@ -1,5 +1,8 @@
 package main
 
+// jobs_methods.go: the job methods' handlers (script.start, job.status,
+// job.cancel, job.complete, job.list) and the status they answer.
+
 import (
 	"encoding/json"
 	"fmt"

@@ -1,5 +1,9 @@
 package main
 
+// jobs_process.go: a job's processes: started in their own process group
+// with the job's environment and output, stopped with SIGTERM then SIGKILL,
+// and the shells a script may name.
+
 import (
 	"context"
 	"errors"

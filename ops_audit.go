@@ -1,6 +1,6 @@
 package main
 
-// audit.go: the audit trail. Every request to a method that changes
+// ops_audit.go: the audit trail. Every request to a method that changes
 // something (registered with mutates: true) is appended to <home>/audit.log
 // as one JSON line, whatever its outcome, refusals included: who (peer
 // address, thumbprint, trust entry), what (method and the key parameters the

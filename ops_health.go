@@ -1,6 +1,6 @@
 package main
 
-// health.go: "tentacle health", the local probe for Docker HEALTHCHECK,
+// ops_health.go: "tentacle health", the local probe for Docker HEALTHCHECK,
 // Kubernetes probes and monitoring. It proves what a server needs: the agent
 // accepts a TLS connection, presents its own key, and answers a request.
 

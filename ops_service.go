@@ -1,6 +1,6 @@
 package main
 
-// service.go: "tentacle service install|uninstall", the agent as a systemd
+// ops_service.go: "tentacle service install|uninstall", the agent as a systemd
 // service. The unit is hardened only where hardening cannot break a deploy;
 // the rest is listed in the unit as opt-in lines (see unitText).
 

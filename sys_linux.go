@@ -2,7 +2,11 @@
 
 package main
 
-// reaper_linux.go: orphaned processes. While the agent runs it is a child
+// sys_linux.go: platform code for Linux: early writeback of large files
+// (sync_file_range), file identity for the digest cache, and the orphan
+// reaper.
+//
+// Orphaned processes. While the agent runs it is a child
 // subreaper (prctl PR_SET_CHILD_SUBREAPER), and in a container it is PID 1:
 // either way the orphaned descendants of its jobs (a script's "daemon &", a
 // double fork) are handed to it when their parent exits, and unless it

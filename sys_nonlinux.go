@@ -2,10 +2,10 @@
 
 package main
 
-// reaper_other.go: child processes outside Linux. There is no subreaper to
-// run: macOS and Windows hand orphans to launchd or to nobody, and a
-// container's PID 1 is a Linux concern. startChild and waitChild are the
-// plain calls, kept so that the rest of the agent is written once.
+// sys_nonlinux.go: where Linux's extras are missing (macOS, the BSDs,
+// Windows): no early writeback, file identity by size and mtime, no
+// subreaper (launchd or nobody adopts orphans), plain process start and
+// wait.
 
 import (
 	"log/slog"

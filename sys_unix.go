@@ -2,9 +2,9 @@
 
 package main
 
-// proc_unix.go: process groups on Unix. Every job process leads its own
-// process group, so that cancel and timeout reach the whole tree it starts
-// (children, grandchildren, background jobs), not just the shell.
+// sys_unix.go: platform code for every Unix (Linux, macOS, the BSDs):
+// process groups and their signals, /proc where there is one, free space
+// and the full-disk error, the home's lock (flock).
 
 import (
 	"bytes"

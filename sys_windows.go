@@ -2,12 +2,8 @@
 
 package main
 
-// proc_windows.go: the Windows side of job processes. Windows has no
-// process groups that can be signalled and no SIGTERM: a job is stopped by
-// killing its process tree at once (taskkill /T /F), with no grace period.
-// Processes that have left the tree (their parent exited first) cannot be
-// found and are not killed, and leftovers of a job the agent lost when it
-// died are not looked for.
+// sys_windows.go: platform code for Windows: killing a process tree
+// (taskkill), free space and the full-disk error, the home's lock.
 
 import (
 	"errors"

@@ -1,5 +1,8 @@
 package main
 
+// transfer_batch.go: large bodies leave in large writes (batchConn), on
+// both sides of the connection.
+
 import (
 	"crypto/tls"
 	"net"

@@ -1,5 +1,8 @@
 package main
 
+// transfer_files.go: file.upload and file.download, and the digest cache
+// that lets a download announce a file's SHA-256 without reading it twice.
+
 import (
 	"crypto/sha256"
 	"crypto/tls"

@@ -1,5 +1,9 @@
 package main
 
+// transfer_packages.go: the content-addressed package cache
+// (package.stat, package.upload): resumable uploads, the hash check, and
+// pruning.
+
 import (
 	"crypto/sha256"
 	"encoding"

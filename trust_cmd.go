@@ -1,5 +1,9 @@
 package main
 
+// trust_cmd.go: the identity and trust commands: new-certificate,
+// show-thumbprint, and trust add/remove/list, which edit the trust file in
+// place keeping its comments.
+
 import (
 	"bytes"
 	"cmp"
