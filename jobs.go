@@ -5,7 +5,9 @@ package main
 // own goroutine, runs processes in their own process groups, and keeps its
 // state (in the journal) and output (in <home>/work/<ticket>/.tentacle/) on
 // disk, so that it outlives the connection that started it and, once
-// finished, the agent (see jobstore.go).
+// finished, the agent (see jobs_journal.go). A job belongs to the client
+// that started it (see jobViewer in jobs_control.go), and a client may name
+// it itself, so that a start can be sent again safely (see start).
 
 import (
 	"cmp"
@@ -15,7 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -69,21 +70,6 @@ type jobSpec struct {
 	Timeout  time.Duration      // 0: none; counted from when the job starts running; on expiry the job's context is cancelled and outcome is timed_out
 	Run      func(j *job) error // the job's body, run in its own goroutine once admitted
 	LogAttrs []any              // added to the agent's "job finished" line (a deploy's app and version)
-}
-
-// jobViewer is who asks about jobs. Jobs belong to who started them: a
-// client sees and touches its own jobs only, unless its trust entry has the
-// group "jobs" (an entry without allow= has every group). Another client's
-// job reads exactly like an unknown ticket, so a ticket's existence leaks
-// nothing. Jobs journaled before owners were recorded have none: only
-// "jobs" sees them.
-type jobViewer struct {
-	thumbprint string
-	all        bool
-}
-
-func (v jobViewer) sees(j *job) bool {
-	return v.all || (j.owner != "" && j.owner == v.thumbprint)
 }
 
 // jobManager runs and remembers jobs.
@@ -430,36 +416,6 @@ func (j *job) runBody() (err error) {
 	return j.run(j)
 }
 
-// checkWorkDir makes sure the job's folder and its .tentacle are real
-// folders of the agent's own user that nobody else can write, before
-// anything is written or run in them: with a work folder another user could
-// write, a job folder swapped for one of hers ran her script (issue 11).
-func (j *job) checkWorkDir() error {
-	for _, dir := range []string{j.dir, j.meta} {
-		fi, err := os.Lstat(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			if err = os.Mkdir(dir, 0o700); err == nil {
-				fi, err = os.Lstat(dir)
-			}
-		}
-		if err != nil {
-			return err
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("job folder %q is not a folder (%v): refusing to use it", dir, fi.Mode().Type())
-		}
-		if uid, ok := fileOwner(fi); ok {
-			if uid != os.Geteuid() {
-				return fmt.Errorf("job folder %q belongs to uid %d, not the agent's uid %d: refusing to use it", dir, uid, os.Geteuid())
-			}
-			if fi.Mode().Perm()&0o022 != 0 {
-				return fmt.Errorf("job folder %q is writable by group or others (mode %04o): refusing to use it", dir, fi.Mode().Perm())
-			}
-		}
-	}
-	return nil
-}
-
 // finish records a job's outcome once its body has returned, and lets the
 // jobs waiting for its mutex in.
 func (m *jobManager) finish(j *job, err error) {
@@ -585,60 +541,6 @@ func (j *job) setExitCode(code int) {
 	j.mu.Unlock()
 }
 
-// logf writes one "agent" log line (split like output if long).
-func (j *job) logf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	var texts [][]byte
-	for _, line := range strings.Split(msg, "\n") {
-		splitText([]byte(line), func(piece []byte) { texts = append(texts, piece) })
-	}
-	j.appendLog("agent", texts)
-}
-
-func (j *job) appendLog(stream string, texts [][]byte) {
-	if err := j.log.append(stream, time.Now(), texts); err != nil {
-		j.logWriteFailed(err)
-	}
-}
-
-// logWriteFailed records why the job's output is not all kept, once for
-// each cause, and says so in its log, its status and the agent's log: the
-// output reached -job-max-log (the job goes on and its outcome stands), or
-// the log could not be written (the disk is full: see outputLost).
-func (j *job) logWriteFailed(err error) {
-	j.mu.Lock()
-	cut := errors.Is(err, errLogCut)
-	first := (cut && !j.logCut) || (!cut && j.logErr == "")
-	if cut {
-		j.logCut = true
-	} else if first {
-		j.logErr = err.Error()
-	}
-	j.mu.Unlock()
-	if !first {
-		return
-	}
-	if cut {
-		j.m.log.Warn("job output past -job-max-log is dropped", "ticket", j.id, "job_max_log", j.log.max)
-		j.logf("output past %d bytes is not kept (the agent's -job-max-log): the job goes on", j.log.max)
-		return
-	}
-	j.m.log.Error("failed to write a job's log: its output is being lost", "ticket", j.id, "err", err)
-	j.logf("output is not being kept: %v", err)
-}
-
-// outputLost is why some of the job's output could not be written, or nil.
-// A script whose output was lost does not count as a success: its output
-// was what it was run for.
-func (j *job) outputLost() error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.logErr == "" {
-		return nil
-	}
-	return fmt.Errorf("its output could not all be written: %s", j.logErr)
-}
-
 // notify wakes whoever waits for a change of the job (a log line, a state).
 func (j *job) notify() {
 	j.mu.Lock()
@@ -649,7 +551,7 @@ func (j *job) notify() {
 	j.mu.Unlock()
 }
 
-// save writes the job's state to the journal (see jobstore.go).
+// save writes the job's state to the journal (see jobs_journal.go).
 func (j *job) save() error {
 	j.smu.Lock()
 	defer j.smu.Unlock()
@@ -676,174 +578,4 @@ func (j *job) saveLocked() error {
 	}
 	j.mu.Unlock()
 	return j.m.journal.put(st)
-}
-
-// get finds a job by ticket, among the jobs v may see.
-func (m *jobManager) get(ticket string, v jobViewer) (*job, error) {
-	if validTicket(ticket) {
-		m.mu.Lock()
-		j := m.jobs[ticket]
-		m.mu.Unlock()
-		if j != nil && v.sees(j) {
-			return j, nil
-		}
-	}
-	return nil, errorf(kindNotFound, "no job %q (finished jobs are forgotten once completed, or after %s)", ticket, m.cfg.JobRetention)
-}
-
-// cancelJob cancels a queued job (it never starts) or a running one (its
-// process group is stopped); a finished job is left as it is.
-func (m *jobManager) cancelJob(j *job, by string) {
-	m.mu.Lock()
-	i := slices.Index(m.queue, j)
-	var admitted []*job
-	if i >= 0 {
-		m.queue = slices.Delete(m.queue, i, i+1)
-		// Later jobs may have waited only because this one was first.
-		admitted = m.admitLocked()
-	}
-	m.mu.Unlock()
-	if i >= 0 {
-		j.logf("cancelled by %s before it started", by)
-		j.end(outcomeCancelled)
-		m.logFinished(j)
-	} else {
-		j.mu.Lock()
-		running := j.state == stateRunning && j.ctx.Err() == nil
-		j.mu.Unlock()
-		if running {
-			j.logf("cancelled by %s", by)
-			j.cancel(errJobCancelled)
-		}
-	}
-	for _, a := range admitted {
-		m.launch(a)
-	}
-}
-
-// remove forgets a finished job and deletes its work directory. The
-// folder is out of sight before the job reads as gone, so whoever sees
-// not_found also finds no folder; a status read meanwhile waits on smu.
-func (m *jobManager) remove(j *job) error {
-	j.smu.Lock()
-	// The journal first: a crash from here on leaves a folder the journal
-	// does not know, which the next start removes.
-	err := m.journal.remove(j.id)
-	if derr := discardDir(m.cfg.workDir(), j.dir); err == nil {
-		err = derr
-	}
-	j.mu.Lock()
-	j.removed = true
-	j.mu.Unlock()
-	j.smu.Unlock()
-	m.mu.Lock()
-	if m.jobs[j.id] == j { // not a new job that reused the ticket meanwhile
-		delete(m.jobs, j.id)
-	}
-	m.mu.Unlock()
-	j.notify()
-	return err
-}
-
-// shutdown waits for running jobs until ctx is done, then kills them: they
-// end cancelled with an agent line saying why. Queued jobs are cancelled at
-// once: they would never start.
-func (m *jobManager) shutdown(ctx context.Context) {
-	m.mu.Lock()
-	m.closing = true
-	queued := m.queue
-	m.queue = nil
-	var running []*job
-	for _, h := range m.holds {
-		running = append(running, h.shared...)
-		if h.full != nil {
-			running = append(running, h.full)
-		}
-	}
-	m.mu.Unlock()
-	for _, j := range queued {
-		j.logf("the agent shut down before this job could start")
-		j.end(outcomeCancelled)
-		m.logFinished(j)
-	}
-	waited := make(chan struct{})
-	go func() { m.running.Wait(); close(waited) }()
-	start := time.Now()
-	select {
-	case <-waited:
-	case <-ctx.Done():
-		for _, j := range running {
-			if j.context().Err() == nil {
-				j.logf("the agent is shutting down and waited %s for this job: stopping it", time.Since(start).Round(time.Second))
-			}
-		}
-		m.log.Warn("stopping jobs still running at shutdown", "jobs", len(running))
-		m.kill(errAgentShutdown)
-		<-waited
-	}
-	close(m.stop)
-	<-m.done
-	m.pool.close()
-	m.journal.close()
-}
-
-// reaper removes finished jobs nobody completed once JobRetention has
-// passed, so lost clients cannot fill the disk with work directories.
-func (m *jobManager) reaper() {
-	defer close(m.done)
-	every := min(max(m.cfg.JobRetention/4, 10*time.Millisecond), time.Minute)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		m.reap(time.Now())
-		select {
-		case <-t.C:
-		case <-m.stop:
-			return
-		}
-	}
-}
-
-func (m *jobManager) reap(now time.Time) {
-	m.mu.Lock()
-	var old []*job
-	for _, j := range m.jobs {
-		j.mu.Lock()
-		if j.state == stateDone && now.Sub(j.finished) >= m.cfg.JobRetention {
-			old = append(old, j)
-		}
-		j.mu.Unlock()
-	}
-	m.mu.Unlock()
-	for _, j := range old {
-		err := m.remove(j)
-		m.log.Info("reaped job nobody completed", "ticket", j.id, "kind", j.kind, "retention", m.cfg.JobRetention, "err", err)
-	}
-}
-
-// list returns every job v may see, oldest first, as job.list shows them.
-func (m *jobManager) list(v jobViewer) []jobListItem {
-	m.mu.Lock()
-	items := []jobListItem{}
-	for _, j := range m.jobs {
-		if !v.sees(j) {
-			continue
-		}
-		j.mu.Lock()
-		it := jobListItem{Ticket: j.id, Kind: j.kind, State: j.state, Started: timeString(j.started), created: j.created}
-		if j.outcome != "" {
-			o := j.outcome
-			it.Outcome = &o
-		}
-		j.mu.Unlock()
-		items = append(items, it)
-	}
-	m.mu.Unlock()
-	slices.SortFunc(items, func(a, b jobListItem) int {
-		if c := a.created.Compare(b.created); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Ticket, b.Ticket)
-	})
-	return items
 }

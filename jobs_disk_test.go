@@ -183,14 +183,20 @@ func TestJobLogCap(t *testing.T) {
 	if outcomeOf(st) != outcomeSuccess || exitCodeOf(st) != "0" || !st.LogTruncated {
 		t.Fatalf("capped job: outcome %s, exit %s, log_truncated %v", outcomeOf(st), exitCodeOf(st), st.LogTruncated)
 	}
-	if len(out) == 0 || len(out) >= 5000 || slices.Contains(texts(logs, "stderr"), "last") {
-		t.Fatalf("kept %d stdout lines and stderr %v: want the first ones only", len(out), texts(logs, "stderr"))
-	}
-	for i, line := range out {
-		if line != "line "+strconv.Itoa(i) {
-			t.Fatalf("kept line %d is %q: the cap must keep a prefix", i, line)
+	// stderr's "last" may come in before stdout reaches the cap (the two
+	// pipes are read apart): only stdout's lines are counted.
+	checkPrefix := func(out []string) {
+		t.Helper()
+		if len(out) == 0 || len(out) >= 5000 {
+			t.Fatalf("kept %d of 5000 stdout lines", len(out))
+		}
+		for i, line := range out {
+			if line != "line "+strconv.Itoa(i) {
+				t.Fatalf("kept line %d is %q: the cap must keep a prefix", i, line)
+			}
 		}
 	}
+	checkPrefix(out)
 	if agent := strings.Join(texts(logs, "agent"), "\n"); !strings.Contains(agent, "output past 65536 bytes is not kept (the agent's -job-max-log): the job goes on") {
 		t.Fatalf("agent lines: %q", agent)
 	}
@@ -204,9 +210,10 @@ func TestJobLogCap(t *testing.T) {
 		t.Fatalf("after a restart: log_truncated %v, outcome %s", again.LogTruncated, outcomeOf(again))
 	}
 	stdout, stderr, code := a.cli("exec", a.addr, "--", script)
-	if code != 0 || !strings.Contains(stderr, "tentacle: output past 65536 bytes is not kept") || strings.Count(stdout, "\n") != len(out) {
-		t.Fatalf("exec of a capped job: code %d, stderr %q, %d lines", code, stderr, strings.Count(stdout, "\n"))
+	if code != 0 || !strings.Contains(stderr, "tentacle: output past 65536 bytes is not kept") {
+		t.Fatalf("exec of a capped job: code %d, stderr %q", code, stderr)
 	}
+	checkPrefix(strings.Split(strings.TrimSuffix(stdout, "\n"), "\n"))
 }
 
 // writeBigLog replaces a job's log with n entries of about 1 KiB each.

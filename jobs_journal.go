@@ -15,7 +15,9 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -298,6 +300,36 @@ func makeSpareDir(root string) (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// checkWorkDir makes sure the job's folder and its .tentacle are real
+// folders of the agent's own user that nobody else can write, before
+// anything is written or run in them: with a work folder another user could
+// write, a job folder swapped for one of hers ran her script (issue 11).
+func (j *job) checkWorkDir() error {
+	for _, dir := range []string{j.dir, j.meta} {
+		fi, err := os.Lstat(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = os.Mkdir(dir, 0o700); err == nil {
+				fi, err = os.Lstat(dir)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("job folder %q is not a folder (%v): refusing to use it", dir, fi.Mode().Type())
+		}
+		if uid, ok := fileOwner(fi); ok {
+			if uid != os.Geteuid() {
+				return fmt.Errorf("job folder %q belongs to uid %d, not the agent's uid %d: refusing to use it", dir, uid, os.Geteuid())
+			}
+			if fi.Mode().Perm()&0o022 != 0 {
+				return fmt.Errorf("job folder %q is writable by group or others (mode %04o): refusing to use it", dir, fi.Mode().Perm())
+			}
+		}
+	}
+	return nil
 }
 
 // discardDir removes a work directory: renamed out of the way at once (so

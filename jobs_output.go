@@ -1,14 +1,73 @@
 package main
 
-// jobs_output.go: a process's output turned into log entries: lines split
-// at maxLogLine between characters, invalid UTF-8 replaced, and the JSON
-// string encoding the log stores them in.
+// jobs_output.go: what goes into a job's log: the agent's own lines, what
+// it says when output cannot all be kept, and a process's output turned
+// into entries (lines split at maxLogLine between characters, invalid UTF-8
+// replaced, and the JSON string encoding the log stores them in).
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
+
+// logf writes one "agent" log line (split like output if long).
+func (j *job) logf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	var texts [][]byte
+	for _, line := range strings.Split(msg, "\n") {
+		splitText([]byte(line), func(piece []byte) { texts = append(texts, piece) })
+	}
+	j.appendLog("agent", texts)
+}
+
+func (j *job) appendLog(stream string, texts [][]byte) {
+	if err := j.log.append(stream, time.Now(), texts); err != nil {
+		j.logWriteFailed(err)
+	}
+}
+
+// logWriteFailed records why the job's output is not all kept, once for
+// each cause, and says so in its log, its status and the agent's log: the
+// output reached -job-max-log (the job goes on and its outcome stands), or
+// the log could not be written (the disk is full: see outputLost).
+func (j *job) logWriteFailed(err error) {
+	j.mu.Lock()
+	cut := errors.Is(err, errLogCut)
+	first := (cut && !j.logCut) || (!cut && j.logErr == "")
+	if cut {
+		j.logCut = true
+	} else if first {
+		j.logErr = err.Error()
+	}
+	j.mu.Unlock()
+	if !first {
+		return
+	}
+	if cut {
+		j.m.log.Warn("job output past -job-max-log is dropped", "ticket", j.id, "job_max_log", j.log.max)
+		j.logf("output past %d bytes is not kept (the agent's -job-max-log): the job goes on", j.log.max)
+		return
+	}
+	j.m.log.Error("failed to write a job's log: its output is being lost", "ticket", j.id, "err", err)
+	j.logf("output is not being kept: %v", err)
+}
+
+// outputLost is an error when some of the job's output could not be
+// written, else nil. A script whose output was lost does not count as a
+// success: its output was what it was run for. The cause is in the agent
+// line that said so, and in log_error.
+func (j *job) outputLost() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.logErr == "" {
+		return nil
+	}
+	return errors.New("its output could not all be written")
+}
 
 // appendJSONText appends s as a JSON string, replacing each byte of invalid
 // UTF-8 with U+FFFD (as encoding/json does) and escaping without the HTML
