@@ -231,7 +231,8 @@ func (l *jobLog) closeWriter() {
 	l.mu.Lock()
 	mem, size := l.mem, l.size
 	l.mu.Unlock()
-	if len(mem) > 0 {
+	// Cut first: the failed write's own cut may have failed too.
+	if len(mem) > 0 && l.f.Truncate(size) == nil {
 		b := append(bytes.Join(mem, []byte("\n")), '\n')
 		if _, err := l.f.Write(b); err != nil {
 			l.f.Truncate(size)
