@@ -205,6 +205,9 @@ func prepareNote(dir string) error {
 }
 
 // writeNote writes r's outcome over dir/.outcome in place, and syncs it.
+// In place on purpose, where every other record is replaced whole: that
+// would need the free space there is not. A write torn by a crash reads as
+// no note (it is not JSON), and the release then reads lost.
 func writeNote(dir string, r release) error {
 	n := release{Release: r.Release, Ticket: r.Ticket, Outcome: r.Outcome, Phase: r.Phase, Error: r.Error}
 	b, err := json.Marshal(n)
