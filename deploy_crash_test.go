@@ -359,7 +359,7 @@ func listOrNone(t testing.TB, c *clientConn, app string) listing {
 }
 
 // TestDeployKilledDuringRetention kills the agent while retention deletes
-// an old release of 3,000 files: after the restart the release is either
+// an old release of 5,000 files: after the restart the release is either
 // whole or gone (never half there and recorded), rollback refuses it if it
 // is not whole, the deploy whose retention it was reads success like its
 // release, and nothing of the removal is left.
@@ -373,36 +373,51 @@ func TestDeployKilledDuringRetention(t *testing.T) {
 	pc := newProcClient(t, home)
 	p := startProcAgent(t, bin, home)
 	c := pc.dial(t, p)
-	big, small := manyFilesPkg(t, "1", 20, 150), manyFilesPkg(t, "2", 1, 1)
+	big, small := manyFilesPkg(t, "1", 20, 250), manyFilesPkg(t, "2", 1, 1)
 	pkgs := map[string]treePkg{push(t, c, big.pkg): big, push(t, c, small.pkg): small}
-	if st, logs := deploy(t, c, "app", "1", big.pkg, nil); outcomeOf(st) != outcomeSuccess {
-		t.Fatalf("1: %v", logs)
-	}
-	ticket := startDeploy(t, c, map[string]any{"app": "app", "version": "2", "package": shaOf(small.pkg), "retain": 1})
-	deadline := time.Now().Add(20 * time.Second)
-	for n := dataDirs(home, "app", "1"); n == 0 || n == 20; n = dataDirs(home, "app", "1") {
-		if time.Now().After(deadline) {
-			t.Fatalf("release 1 was not being deleted within 20s (%d folders left)\n%s", n, p.logs)
+	// Deploy big as old, then small with retain 1, whose retention deletes
+	// old; kill the agent once old is partly deleted. Should the deletion
+	// go by unseen (this goroutine not scheduled meanwhile), again.
+	var old, cur, ticket string
+	for attempt := 0; old == ""; attempt++ {
+		if attempt == 3 {
+			t.Fatal("the deletion of a release went by unseen three times")
 		}
-		time.Sleep(500 * time.Microsecond)
+		name := fmt.Sprintf("big%d", attempt)
+		if st, logs := deploy(t, c, "app", name, big.pkg, nil); outcomeOf(st) != outcomeSuccess {
+			t.Fatalf("%s: %v", name, logs)
+		}
+		cur = fmt.Sprintf("small%d", attempt)
+		ticket = startDeploy(t, c, map[string]any{"app": "app", "version": cur, "package": shaOf(small.pkg), "retain": 1})
+		deadline := time.Now().Add(20 * time.Second)
+		for n := dataDirs(home, "app", name); n == 20 || n == 0; n = dataDirs(home, "app", name) {
+			if n == 0 {
+				followJob(t, c, ticket) // gone already: try again
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("release %s was not being deleted within 20s\n%s", name, p.logs)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		if dataDirs(home, "app", name) > 0 {
+			old = name
+		}
 	}
 	killAgent(p)
-	if n := dataDirs(home, "app", "1"); n == 0 || n == 20 {
-		t.Fatalf("killed with %d of 20 folders of release 1 left: not mid-deletion", n)
+	if n := dataDirs(home, "app", old); n == 0 || n == 20 {
+		t.Fatalf("killed with %d of 20 folders of release %s left: not mid-deletion", n, old)
 	}
 
 	p = startProcAgent(t, bin, home)
 	c = pc.dial(t, p)
-	checkAfterCrash(t, c, home, "app", pkgs, map[string]string{ticket: "2"})
-	if st := statusOf(t, c, ticket); outcomeOf(st) != outcomeSuccess || current(t, home, "app") != "2" {
-		t.Fatalf("the deploy killed in its retention: job %s, current %q; want success and 2", outcomeOf(st), current(t, home, "app"))
+	checkAfterCrash(t, c, home, "app", pkgs, map[string]string{ticket: cur})
+	if st := statusOf(t, c, ticket); outcomeOf(st) != outcomeSuccess || current(t, home, "app") != cur {
+		t.Fatalf("the deploy killed in its retention: job %s, current %q; want success and %s", outcomeOf(st), current(t, home, "app"), cur)
 	}
-	var r struct {
-		Current string `json:"current"`
-	}
-	if err := c.call("deploy.rollback", map[string]any{"app": "app", "to": "1"}, &r); err == nil {
-		if d := sameTree(filepath.Join(home, "apps", "app", "1"), big); d != "" {
-			t.Fatalf("rollback accepted release 1, which is not whole: %s", d)
+	if err := c.call("deploy.rollback", map[string]any{"app": "app", "to": old}, nil); err == nil {
+		if d := sameTree(filepath.Join(home, "apps", "app", old), big); d != "" {
+			t.Fatalf("rollback accepted release %s, which is not whole: %s", old, d)
 		}
 	}
 }
