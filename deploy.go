@@ -8,15 +8,21 @@ package main
 //	shared/                    persists across releases; never touched here
 //	current                    symlink to a release folder (a relative name)
 //	.releases.json             every release: version, package, outcome, …
+//	.whole/<release>           the release is whole on disk (see markWhole)
+//	.outcome                   the last outcome when .releases.json could not take it
+//	.removing-<release>-<hex>  a release being removed, out of sight
 //
 // A deploy is a job in the mutex "deploy:<app>", isolation full, so deploys
 // of one app run one at a time and different apps in parallel. Its release
 // is recorded as "running" (with the current it found) before anything is
-// extracted, so an agent that dies mid-deploy finds it at start-up, puts
-// current back and marks the release lost. current only ever changes by
-// renaming a new symlink over it, so it always names a whole release.
+// extracted, so an agent that dies mid-deploy finds it at start-up (see
+// deploy_recover.go). current only ever changes by renaming a new symlink
+// over it, and only to a release that is whole, so it always names one;
+// a release leaves by being renamed out of sight first (deploy_retain.go),
+// so no reader ever sees half of one.
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/rand"
 	"encoding/hex"
@@ -36,6 +42,19 @@ import (
 // timed_out, lost) that a finished deploy records.
 const releaseRunning = "running"
 
+// Names in an app's folder besides its releases, shared and current. A
+// release name never starts with ".", so none of them can be a release.
+const (
+	metaName       = ".releases.json"
+	wholeDir       = ".whole"
+	noteName       = ".outcome"
+	removingPrefix = ".removing-"
+)
+
+// metaFormat is the .releases.json format: 1 has whole markers. A file
+// without it was written by an agent that made none (see recoverApp).
+const metaFormat = 1
+
 // deployManager deploys packages as releases of apps.
 type deployManager struct {
 	cfg  *config
@@ -43,9 +62,9 @@ type deployManager struct {
 	jobs *jobManager
 	pkgs *packageCache
 
-	mu      sync.Mutex // guards apps and pending
-	apps    map[string]*appState
-	pending map[string]int // package → deploys started and not yet finished
+	mu    sync.Mutex // guards apps and holds
+	apps  map[string]*appState
+	holds []*packageHold // packages of deploys not finished yet
 }
 
 // appState serialises the changes to one app's release list and current.
@@ -64,11 +83,23 @@ type release struct {
 	Ticket   string    `json:"ticket,omitempty"`
 	Previous string    `json:"previous,omitempty"` // current when the deploy began
 	Phase    string    `json:"phase,omitempty"`    // where a failed deploy failed
+	Error    string    `json:"error,omitempty"`    // why it failed
 }
 
 // appMeta is the content of .releases.json, oldest release first.
 type appMeta struct {
+	Format   int       `json:"format,omitempty"`
 	Releases []release `json:"releases"`
+}
+
+// find returns the record of release name, or nil.
+func (m *appMeta) find(name string) *release {
+	for i := range m.Releases {
+		if m.Releases[i].Release == name {
+			return &m.Releases[i]
+		}
+	}
+	return nil
 }
 
 // validName reports whether s has the shape of an app or version name: 1–64
@@ -105,7 +136,7 @@ func isAlnum(c byte) bool {
 }
 
 func newDeployManager(cfg *config, log *slog.Logger, jobs *jobManager, pkgs *packageCache) (*deployManager, error) {
-	d := &deployManager{cfg: cfg, log: log, jobs: jobs, pkgs: pkgs, apps: map[string]*appState{}, pending: map[string]int{}}
+	d := &deployManager{cfg: cfg, log: log, jobs: jobs, pkgs: pkgs, apps: map[string]*appState{}}
 	if err := os.MkdirAll(cfg.appsDir(), 0o755); err != nil {
 		return nil, fmt.Errorf("failed to create %q: %v", cfg.appsDir(), err)
 	}
@@ -126,62 +157,26 @@ func (d *deployManager) app(name string) *appState {
 	return st
 }
 
-// recover finishes what an agent that died mid-deploy left: a release still
-// "running" is marked lost and current put back to the release it named
-// before; leftover temporary links and metadata files are removed.
-func (d *deployManager) recover() {
-	des, _ := os.ReadDir(d.cfg.appsDir())
-	for _, de := range des {
-		if !de.IsDir() || !validName(de.Name()) {
-			continue
-		}
-		app, dir := de.Name(), d.appDir(de.Name())
-		if tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp*")); len(tmps) > 0 {
-			for _, t := range tmps {
-				os.Remove(t)
-			}
-		}
-		meta, err := loadMeta(dir)
-		if err != nil {
-			d.log.Error("failed to read an app's releases", "app", app, "err", err)
-			continue
-		}
-		changed := false
-		for i := range meta.Releases {
-			r := &meta.Releases[i]
-			if r.Outcome != releaseRunning {
-				continue
-			}
-			cur := readCurrent(dir)
-			if cur != r.Previous {
-				if err := switchCurrent(dir, r.Previous); err != nil {
-					d.log.Error("failed to put current back after an interrupted deploy", "app", app, "release", r.Release, "current", r.Previous, "err", err)
-					continue
-				}
-			}
-			r.Outcome, r.Phase, changed = outcomeLost, "interrupted: the agent stopped", true
-			d.log.Warn("found an interrupted deploy: marked its release lost", "app", app, "release", r.Release,
-				"ticket", r.Ticket, "current", cmp.Or(r.Previous, "(none)"), "current_was", cmp.Or(cur, "(none)"))
-		}
-		if changed {
-			if err := saveMeta(dir, meta); err != nil {
-				d.log.Error("failed to save an app's releases", "app", app, "err", err)
-			}
-		}
-	}
-}
-
+// loadMeta reads dir's release record. A release still "running" there
+// whose outcome the note holds (see writeNote) reads with that outcome, so
+// every reader sees it, and the next save keeps it.
 func loadMeta(dir string) (*appMeta, error) {
-	m := &appMeta{}
-	b, err := os.ReadFile(filepath.Join(dir, ".releases.json"))
+	m := &appMeta{Format: metaFormat}
+	b, err := os.ReadFile(filepath.Join(dir, metaName))
 	if errors.Is(err, os.ErrNotExist) {
 		return m, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	m.Format = 0
 	if err := json.Unmarshal(b, m); err != nil {
-		return nil, fmt.Errorf("%q is damaged: %v", filepath.Join(dir, ".releases.json"), err)
+		return nil, fmt.Errorf("%q is damaged: %v", filepath.Join(dir, metaName), err)
+	}
+	if n, ok := readNote(dir); ok {
+		if r := m.find(n.Release); r != nil && r.Outcome == releaseRunning && r.Ticket == n.Ticket {
+			r.Outcome, r.Phase, r.Error = n.Outcome, n.Phase, n.Error
+		}
 	}
 	return m, nil
 }
@@ -191,7 +186,89 @@ func saveMeta(dir string, m *appMeta) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, ".releases.json"), append(b, '\n'), 0o644)
+	return writeFileAtomic(filepath.Join(dir, metaName), append(b, '\n'), 0o644)
+}
+
+// noteSize is the size of an app's .outcome file, made before each deploy
+// so that its outcome can be written over it in place: on a full disk,
+// where the temporary file a new .releases.json needs cannot be written,
+// rewriting blocks the file already has still works.
+const noteSize = 1024
+
+// prepareNote makes sure dir/.outcome exists with its full size.
+func prepareNote(dir string) error {
+	p := filepath.Join(dir, noteName)
+	if fi, err := os.Stat(p); err == nil && fi.Size() == noteSize {
+		return nil
+	}
+	return writeFileAtomic(p, append(bytes.Repeat([]byte{' '}, noteSize-1), '\n'), 0o644)
+}
+
+// writeNote writes r's outcome over dir/.outcome in place, and syncs it.
+// In place on purpose, where every other record is replaced whole: that
+// would need the free space there is not. A write torn by a crash reads as
+// no note (it is not JSON), and the release then reads lost.
+func writeNote(dir string, r release) error {
+	n := release{Release: r.Release, Ticket: r.Ticket, Outcome: r.Outcome, Phase: r.Phase, Error: r.Error}
+	b, err := json.Marshal(n)
+	for err == nil && len(b) >= noteSize {
+		n.Error = n.Error[:cutUTF8([]byte(n.Error), len(n.Error)/2)] + "…"
+		b, err = json.Marshal(n)
+	}
+	if err != nil {
+		return err
+	}
+	b = append(b, bytes.Repeat([]byte{' '}, noteSize-1-len(b))...)
+	f, err := os.OpenFile(filepath.Join(dir, noteName), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(append(b, '\n'), 0)
+	return errors.Join(err, f.Sync(), f.Close())
+}
+
+// readNote reads dir/.outcome; false if there is none, or it is blank.
+func readNote(dir string) (release, bool) {
+	var n release
+	b, err := os.ReadFile(filepath.Join(dir, noteName))
+	if err != nil || json.Unmarshal(bytes.TrimSpace(b), &n) != nil {
+		return n, false
+	}
+	return n, n.Release != ""
+}
+
+// markWhole records that release rel of dir is whole on disk: written once
+// its extraction has finished and been synced, holding the package's
+// SHA-256. It lives outside the release, so a package cannot bring one.
+func markWhole(dir, rel, sha string) error {
+	return writeFileAtomic(filepath.Join(dir, wholeDir, rel), []byte(sha+"\n"), 0o644)
+}
+
+// isWhole reports whether r is on disk in full: its folder is there and its
+// marker names its package. Only a whole release can become current.
+func isWhole(dir string, r release) bool {
+	b, err := os.ReadFile(filepath.Join(dir, wholeDir, r.Release))
+	if err != nil || strings.TrimSpace(string(b)) != r.Package {
+		return false
+	}
+	return isDir(filepath.Join(dir, r.Release))
+}
+
+// isDir reports whether path is a folder (not a link to one).
+func isDir(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.IsDir()
+}
+
+// isGood reports whether r is a release current may point at: successful
+// and whole.
+func isGood(dir string, r release) bool { return r.Outcome == outcomeSuccess && isWhole(dir, r) }
+
+// randHex is a random suffix for a temporary name.
+func randHex() string {
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	return hex.EncodeToString(rnd[:])
 }
 
 // readCurrent is the release current points at, or "" if none.
@@ -215,9 +292,7 @@ func switchCurrent(dir, release string) error {
 		syncDir(dir)
 		return nil
 	}
-	var rnd [6]byte
-	rand.Read(rnd[:])
-	tmp := filepath.Join(dir, ".current.tmp"+hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(dir, ".current.tmp"+randHex())
 	if err := os.Symlink(release, tmp); err != nil {
 		return err
 	}
@@ -227,87 +302,6 @@ func switchCurrent(dir, release string) error {
 	}
 	syncDir(dir)
 	return nil
-}
-
-func (d *deployManager) hold(sha string, n int) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.pending[sha] += n; d.pending[sha] <= 0 {
-		delete(d.pending, sha)
-	}
-}
-
-// retain keeps the newest keep releases of app (never current, never one
-// being deployed) and prunes packages no remaining release of any app uses.
-func (d *deployManager) retain(j *job, app string, keep int) {
-	dir := d.appDir(app)
-	st := d.app(app)
-	st.mu.Lock()
-	meta, err := loadMeta(dir)
-	if err != nil {
-		st.mu.Unlock()
-		j.logf("retention skipped: %v", err)
-		return
-	}
-	cur := readCurrent(dir)
-	var kept []release
-	var removed []string
-	for i := len(meta.Releases) - 1; i >= 0; i-- {
-		r := meta.Releases[i]
-		if len(kept) < keep || r.Release == cur || r.Outcome == releaseRunning {
-			kept = append(kept, r)
-			continue
-		}
-		if err := os.RemoveAll(filepath.Join(dir, r.Release)); err != nil {
-			j.logf("retention: failed to remove release %s: %v", r.Release, err)
-			kept = append(kept, r)
-			continue
-		}
-		removed = append(removed, r.Release)
-	}
-	slices.Reverse(kept)
-	meta.Releases = kept
-	if len(removed) > 0 {
-		if err := saveMeta(dir, meta); err != nil {
-			j.logf("retention: failed to save the release list: %v", err)
-		}
-		syncDir(dir)
-		slices.Reverse(removed)
-		j.logf("retention: kept %d releases, removed %s", len(kept), strings.Join(removed, ", "))
-	}
-	st.mu.Unlock()
-
-	used := d.usedPackages()
-	if gone := d.pkgs.prune(used); len(gone) > 0 {
-		j.logf("retention: pruned %d packages no kept release uses: %s", len(gone), strings.Join(gone, ", "))
-	}
-}
-
-// usedPackages are the packages of every recorded release of every app and
-// of every deploy not finished yet.
-func (d *deployManager) usedPackages() map[string]bool {
-	used := map[string]bool{}
-	d.mu.Lock()
-	for sha := range d.pending {
-		used[sha] = true
-	}
-	d.mu.Unlock()
-	des, _ := os.ReadDir(d.cfg.appsDir())
-	for _, de := range des {
-		if !de.IsDir() {
-			continue
-		}
-		meta, err := loadMeta(d.appDir(de.Name()))
-		if err != nil {
-			// Unreadable: keep every package rather than guess.
-			d.log.Error("not pruning packages: an app's release list is unreadable", "app", de.Name(), "err", err)
-			return nil
-		}
-		for _, r := range meta.Releases {
-			used[r.Package] = true
-		}
-	}
-	return used
 }
 
 // releases returns app's release record and current, read together.
@@ -345,17 +339,13 @@ func (d *deployManager) rollback(app, to string) (now, was string, err error) {
 		return "", "", ioError(err)
 	}
 	cur := readCurrent(dir)
-	exists := func(r release) bool {
-		fi, err := os.Stat(filepath.Join(dir, r.Release))
-		return err == nil && fi.IsDir()
-	}
 	if to == "" {
 		idx := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == cur })
 		if idx < 0 {
 			idx = len(meta.Releases)
 		}
 		for i := idx - 1; i >= 0; i-- {
-			if r := meta.Releases[i]; r.Outcome == outcomeSuccess && exists(r) {
+			if r := meta.Releases[i]; isGood(dir, r) {
 				to = r.Release
 				break
 			}
@@ -364,14 +354,16 @@ func (d *deployManager) rollback(app, to string) (now, was string, err error) {
 			return "", "", errorf(kindNotFound, "app %q has no successful release before %s to roll back to", app, cmp.Or(cur, "(none)"))
 		}
 	} else {
-		i := slices.IndexFunc(meta.Releases, func(r release) bool { return r.Release == to })
+		r := meta.find(to)
 		switch {
-		case i < 0:
+		case r == nil:
 			return "", "", errorf(kindNotFound, "app %q has no release %q (tentacle releases lists them)", app, to)
-		case meta.Releases[i].Outcome != outcomeSuccess:
-			return "", "", errorf(kindConflict, "release %q of %q did not deploy successfully (outcome %s): only a successful release can be current", to, app, meta.Releases[i].Outcome)
-		case !exists(meta.Releases[i]):
+		case r.Outcome != outcomeSuccess:
+			return "", "", errorf(kindConflict, "release %q of %q did not deploy successfully (outcome %s): only a successful release can be current", to, app, r.Outcome)
+		case !isDir(filepath.Join(dir, to)):
 			return "", "", errorf(kindNotFound, "release %q of %q is recorded but its folder is gone", to, app)
+		case !isWhole(dir, *r):
+			return "", "", errorf(kindConflict, "release %q of %q is not whole on disk (its extraction or its removal was cut short): roll back to another release", to, app)
 		}
 	}
 	if to != cur {

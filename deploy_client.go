@@ -3,7 +3,6 @@ package main
 // deploy_client.go: the deploy, releases and rollback commands.
 
 import (
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -145,33 +144,66 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(f.stderr, "tentacle deploy: job %s finished but could not be completed: %v\n", f.ticket, err)
 	}
 	var res struct {
-		Release string  `json:"release"`
-		Current *string `json:"current"`
-		Phase   string  `json:"phase"`
-		Error   string  `json:"error"`
+		Release string          `json:"release"`
+		Current json.RawMessage `json:"current"` // absent when there is no result (a lost job)
+		Phase   string          `json:"phase"`
+		Error   string          `json:"error"`
 	}
 	json.Unmarshal(st.Result, &res)
 	outcome := ""
 	if st.Outcome != nil {
 		outcome = *st.Outcome
 	}
-	cur := "(none)"
-	if res.Current != nil {
-		cur = *res.Current
-	}
+	cur := f.currentOf(app, res.Current)
 	code := 0
 	switch outcome {
 	case outcomeSuccess:
 		fmt.Fprintf(f.stdout, "deployed %s %s as release %s: current -> %s\n", app, version, res.Release, cur)
 	case outcomeFailed:
 		code = 1
-		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s failed at %s: %s; current is %s\n", app, version, cmp.Or(res.Phase, "an unknown point"), cmp.Or(res.Error, "an unknown point"), cur)
+		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s failed%s; current is %s\n", app, version, atPhase(res.Phase, res.Error), cur)
+	case outcomeLost:
+		code, _ = jobExitCode(st)
+		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s lost: the agent stopped during the deploy; current is %s\n", app, version, cur)
 	default:
 		code, _ = jobExitCode(st)
-		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s %s at %s; current is %s\n", app, version, strings.ReplaceAll(outcome, "_", " "), cmp.Or(res.Phase, "an unknown point"), cur)
+		fmt.Fprintf(f.stderr, "tentacle deploy: %s %s %s%s; current is %s\n", app, version, strings.ReplaceAll(outcome, "_", " "), atPhase(res.Phase, ""), cur)
 	}
 	f.flush()
 	return code
+}
+
+// atPhase says where a deploy failed, and why when told: " at PHASE: ERROR".
+func atPhase(phase, why string) string {
+	s := ""
+	if phase != "" {
+		s = " at " + phase
+	}
+	if why != "" {
+		s += ": " + why
+	}
+	return s
+}
+
+// currentOf is the release current names, as the deploy's result says or,
+// without a result, as the agent says now.
+func (f *follower) currentOf(app string, res json.RawMessage) string {
+	var cur *string
+	if len(res) == 0 {
+		var l struct {
+			Current *string `json:"current"`
+		}
+		if err := f.call("deploy.list", map[string]string{"app": app}, &l); err != nil {
+			return fmt.Sprintf("unknown (%v)", err)
+		}
+		cur = l.Current
+	} else if json.Unmarshal(res, &cur) != nil {
+		return "unknown"
+	}
+	if cur == nil {
+		return "(none)"
+	}
+	return *cur
 }
 
 func cmdReleases(args []string, stdout, stderr io.Writer) int {

@@ -488,6 +488,26 @@ func TestDeployCLI(t *testing.T) {
 	}
 }
 
+// TestDeployCLIReportsCause: a deploy that fails before anything is made
+// (here: a damaged release record) still tells the user where, why, and
+// what current really is.
+func TestDeployCLIReportsCause(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	pkgFile := filepath.Join(t.TempDir(), "shop.tar.gz")
+	os.WriteFile(pkgFile, scriptPkg(t, "1"), 0o644)
+	if _, errOut, code := a.cli("deploy", a.addr, "shop", "1", pkgFile); code != 0 {
+		t.Fatalf("deploy 1: %s", errOut)
+	}
+	meta := filepath.Join(a.home, "apps", "shop", ".releases.json")
+	os.WriteFile(meta, []byte("{damaged"), 0o644)
+	_, errOut, code := a.cli("deploy", a.addr, "shop", "2", pkgFile)
+	want := "tentacle deploy: shop 2 failed at prepare: " + strconv.Quote(meta) + " is damaged: "
+	if code != 1 || !strings.Contains(errOut, want) || !strings.HasSuffix(errOut, "; current is 1\n") {
+		t.Fatalf("code %d, stderr:\n%s\nwant %q … \"; current is 1\"", code, errOut, want)
+	}
+}
+
 // TestDeployAgentKilled kills the agent (SIGKILL) mid-extraction, mid-script
 // and after the switch (in PostDeploy.sh); after a restart current is the
 // previous, complete release and the half-made one reads lost.
@@ -533,7 +553,7 @@ func TestDeployAgentKilled(t *testing.T) {
 			if st, logs := deploy(t, c, "app", "1", scriptPkg(t, "1"), nil); outcomeOf(st) != outcomeSuccess {
 				t.Fatalf("first deploy: %v", logs)
 			}
-			startDeploy(t, c, map[string]any{"app": "app", "version": "2", "package": push(t, c, tt.pkg)})
+			ticket := startDeploy(t, c, map[string]any{"app": "app", "version": "2", "package": push(t, c, tt.pkg)})
 			ready := tt.ready
 			if ready == nil {
 				ready = func(home string) bool {
@@ -570,6 +590,11 @@ func TestDeployAgentKilled(t *testing.T) {
 			l := list(t, c2, "app")
 			if len(l.Releases) != 2 || l.Releases[1].Outcome != outcomeLost || *l.Current != "1" {
 				t.Fatalf("deploy.list = %+v", l)
+			}
+			// The lost job's result says where current is.
+			if st := statusOf(t, c2, ticket); outcomeOf(st) != outcomeLost || !strings.Contains(string(st.Result), `"current":"1"`) ||
+				!strings.Contains(string(st.Result), `"phase":"interrupted: the agent stopped"`) {
+				t.Fatalf("the interrupted deploy's job: %s %s", outcomeOf(st), st.Result)
 			}
 			if err := c2.call("deploy.rollback", map[string]any{"app": "app", "to": "2"}, nil); rpcKind(err) != kindConflict {
 				t.Fatalf("rollback to the lost release: %v", err)

@@ -232,7 +232,12 @@ func TestDeployStartTicket(t *testing.T) {
 	}
 	// The retry took no lasting hold on the package: it can be pruned.
 	a.srv.apps.mu.Lock()
-	held := a.srv.apps.pending[sha]
+	held := 0
+	for _, h := range a.srv.apps.holds {
+		if h.sha == sha {
+			held++
+		}
+	}
 	a.srv.apps.mu.Unlock()
 	if held != 0 {
 		t.Fatalf("package %s still held %d times after the deploy ended", sha, held)
