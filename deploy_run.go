@@ -48,7 +48,8 @@ func (d *deployManager) start(spec deploySpec, timeout time.Duration) (*job, boo
 			defer d.unhold(h)
 			return d.run(j, spec)
 		},
-		LogAttrs: []any{"app", spec.app, "version", spec.version},
+		LogAttrs:    []any{"app", spec.app, "version", spec.version},
+		BodyDecides: true, // the release record says how it went
 	})
 	if err != nil || !fresh { // nothing started (a retried start answers with the first one's job)
 		d.unhold(h)

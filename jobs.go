@@ -70,6 +70,11 @@ type jobSpec struct {
 	Timeout  time.Duration      // 0: none; counted from when the job starts running; on expiry the job's context is cancelled and outcome is timed_out
 	Run      func(j *job) error // the job's body, run in its own goroutine once admitted
 	LogAttrs []any              // added to the agent's "job finished" line (a deploy's app and version)
+	// BodyDecides: a nil error from Run is success, whatever cancel or
+	// timeout came after it had done its work (a deploy whose release is
+	// recorded successful is successful, also when a cancel lands during
+	// its retention).
+	BodyDecides bool
 }
 
 // jobManager runs and remembers jobs.
@@ -111,6 +116,7 @@ type job struct {
 	client      string // its trust-entry name
 	fingerprint string // digest of the start's parameters
 	logAttrs    []any
+	bodyDecides bool // see jobSpec.BodyDecides
 	timeout     time.Duration
 	run         func(*job) error
 	dir         string // the work directory
@@ -210,7 +216,7 @@ func (m *jobManager) start(spec jobSpec) (j *job, fresh bool, err error) {
 	}
 	j = m.newJob(id, spec.Kind, spec.Mutex, spec.Full)
 	j.owner, j.client, j.fingerprint, j.logAttrs = spec.Owner, spec.Client, spec.Fingerprint, spec.LogAttrs
-	j.timeout, j.run = spec.Timeout, spec.Run
+	j.timeout, j.run, j.bodyDecides = spec.Timeout, spec.Run, spec.BodyDecides
 	j.state, j.created = stateQueued, time.Now().UTC()
 	abandon := func(err error) (*job, bool, error) {
 		m.mu.Lock()
@@ -421,6 +427,8 @@ func (j *job) runBody() (err error) {
 func (m *jobManager) finish(j *job, err error) {
 	outcome := outcomeFailed
 	switch cause := context.Cause(j.ctx); {
+	case err == nil && j.bodyDecides:
+		outcome = outcomeSuccess
 	case errors.Is(cause, errJobCancelled), errors.Is(cause, errAgentShutdown):
 		outcome = outcomeCancelled
 	case errors.Is(cause, errJobTimedOut):

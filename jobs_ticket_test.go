@@ -386,3 +386,38 @@ func TestJobsBelongToTheirClient(t *testing.T) {
 		}
 	})
 }
+
+// TestBodyDecidesOutcome: a job whose body decides its outcome (a deploy)
+// reads success when the body returned nil, even if a cancel landed after
+// its work was done; an ordinary job reads cancelled.
+func TestBodyDecidesOutcome(t *testing.T) {
+	a := startAgent(t)
+	for _, tt := range []struct {
+		name        string
+		bodyDecides bool
+		want        string
+	}{
+		{"deploy-like", true, outcomeSuccess},
+		{"script-like", false, outcomeCancelled},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cancelled := make(chan struct{})
+			j, _, err := a.srv.jobs.start(jobSpec{Kind: "script", BodyDecides: tt.bodyDecides, Run: func(j *job) error {
+				<-j.context().Done() // the work is done; a cancel lands meanwhile
+				close(cancelled)
+				return nil
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "the job to run", 5*time.Second, func() bool { return j.currentState() == stateRunning })
+			a.srv.jobs.cancelJob(j, "the test")
+			<-cancelled
+			waitFor(t, "the job to end", 5*time.Second, func() bool { return j.currentState() == stateDone })
+			st, err := j.status(0)
+			if err != nil || st.Outcome == nil || *st.Outcome != tt.want {
+				t.Fatalf("outcome %v, %v; want %s", st.Outcome, err, tt.want)
+			}
+		})
+	}
+}
