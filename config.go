@@ -61,6 +61,12 @@ type config struct {
 	PackageGrace   time.Duration // an undeployed package survives pruning this long
 	AuditMaxSize   int64         // audit.log is rotated past this size
 	JobMaxLog      int64         // bytes of one job's log on disk; past it output is dropped
+	JobMaxProcs    int           // processes (and threads) a job's cgroup may hold; 0: no limit
+	JobMaxMemory   int64         // bytes of memory a job's cgroup may use; 0: no limit
+
+	// noCgroups makes the agent contain jobs with process groups only, as
+	// where cgroups are unavailable: the tests' option. Never set by a flag.
+	noCgroups bool
 
 	// extraMethods are methods beyond the protocol's table, served as if
 	// they were in it: the server's option for tests (see withMethod in
@@ -131,6 +137,8 @@ func runFlags(fs *flag.FlagSet) *config {
 	fs.DurationVar(&c.PackageGrace, "package-grace", 24*time.Hour, "keep an undeployed package at least this `long`")
 	fs.Int64Var(&c.AuditMaxSize, "audit-max-size", 64<<20, "rotate audit.log past this many `bytes`")
 	fs.Int64Var(&c.JobMaxLog, "job-max-log", 256<<20, "keep at most this many `bytes` of one job's output; the rest is dropped")
+	fs.IntVar(&c.JobMaxProcs, "job-max-procs", 4096, "processes and threads a job may have at once, `n` or 0 for no limit (its cgroup's pids.max)")
+	fs.Int64Var(&c.JobMaxMemory, "job-max-memory", 0, "`bytes` of memory a job may use, or 0 for no limit (its cgroup's memory limit)")
 	return c
 }
 
@@ -147,6 +155,9 @@ func (c *config) check() error {
 	}
 	if c.Limits.MaxLine < 1024 || c.Limits.MaxConns < 1 || c.Limits.MaxStartups < 1 || c.Limits.MaxStartupsPerSource < 1 {
 		return errors.New("-max-line must be at least 1024 and -max-conns, -max-startups, -max-startups-per-source at least 1")
+	}
+	if c.JobMaxProcs < 0 || c.JobMaxProcs == 1 || c.JobMaxMemory < 0 || (c.JobMaxMemory > 0 && c.JobMaxMemory < 1<<20) {
+		return errors.New("-job-max-procs must be 0 (no limit) or at least 2, and -job-max-memory 0 (no limit) or at least 1048576 bytes")
 	}
 	if v := os.Getenv("TENTACLE_SHUTDOWN_GRACE"); v != "" {
 		if _, err := time.ParseDuration(v); err != nil {

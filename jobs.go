@@ -2,7 +2,7 @@ package main
 
 // jobs.go: scripts and deploys run as jobs (PROTOCOL §5 "Jobs"). A job is
 // admitted under its named mutex (reader-writer rule), runs its body in its
-// own goroutine, runs processes in their own process groups, and keeps its
+// own goroutine, runs processes in cgroups of their own (jobs_contain.go), and keeps its
 // state (in the journal) and output (in <home>/work/<ticket>/.tentacle/) on
 // disk, so that it outlives the connection that started it and, once
 // finished, the agent (see jobs_journal.go). A job belongs to the client
@@ -88,6 +88,7 @@ type jobManager struct {
 
 	journal *jobJournal
 	pool    *dirPool
+	contain *containment // how job processes are held (jobs_contain.go)
 
 	mu       sync.Mutex // guards jobs, starting, queue, holds, closing
 	jobs     map[string]*job
@@ -159,6 +160,7 @@ func newJobManager(cfg *config, log *slog.Logger) (*jobManager, error) {
 	if err := os.MkdirAll(cfg.workDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create the work folder %q: %v", cfg.workDir(), err)
 	}
+	m.contain = newContainment(cfg, log)
 	if err := m.loadJobs(); err != nil {
 		return nil, err
 	}

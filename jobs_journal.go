@@ -414,7 +414,7 @@ func (m *jobManager) loadJobs() error {
 		j.log.lazy = true
 		if j.state != stateDone {
 			if n := killLeftovers(st.PGID, j.id); n > 0 {
-				j.logf("killed %d process(es) left over in process group %d", n, st.PGID)
+				j.logf("killed %d process(es) left over from this job", n)
 			}
 			if j.state == stateQueued {
 				j.logf("the agent stopped before this job could start")

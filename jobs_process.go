@@ -20,12 +20,15 @@ import (
 // output open. Past it the pipes are closed, so a job always ends.
 const drainDelay = 2 * time.Second
 
-// runProcess runs argv in its own process group with stdin /dev/null and
-// env as its whole environment (plus TENTACLE_TICKET and TENTACLE_WORK_DIR),
-// its stdout and stderr lines going into the job's log. When the job's
-// context ends the group gets SIGTERM, then SIGKILL after cfg.KillGrace.
-// The exit code of a process killed by a signal is 128 + the signal. err
-// is set only when the process could not be started or waited for.
+// runProcess runs argv in its own cgroup, or its own process group where
+// there are none (jobs_contain.go), with stdin /dev/null and env as its
+// whole environment (plus TENTACLE_TICKET and TENTACLE_WORK_DIR), its stdout
+// and stderr lines going into the job's log. When the job's context ends
+// the whole tree gets SIGTERM, then SIGKILL after cfg.KillGrace; when the
+// process exits by itself, so does what it left running, unless started
+// with TENTACLE_KEEP_RUNNING=1. The exit code of a process killed by a
+// signal is 128 + the signal. err is set only when the process could not be
+// started or waited for.
 func (j *job) runProcess(argv []string, dir string, env []string) (exitCode int, err error) {
 	return j.runProcessUntil(j.context(), argv, dir, env)
 }
@@ -49,7 +52,8 @@ func (j *job) runProcessUntil(ctx context.Context, argv []string, dir string, en
 	stderr := &lineWriter{log: j.log, stream: "stderr", err: j.logWriteFailed}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.WaitDelay = drainDelay
-	if err := startChild(cmd); err != nil {
+	tree, err := j.m.contain.start(cmd, j.id)
+	if err != nil {
 		return -1, err
 	}
 	pid := cmd.Process.Pid
@@ -62,20 +66,28 @@ func (j *job) runProcessUntil(ctx context.Context, argv []string, dir string, en
 	done := make(chan error, 1)
 	go func() { done <- waitChild(cmd) }()
 	var werr error
+	var spare func(int) bool // what may outlive the job's process
 	select {
 	case werr = <-done:
+		spare = keptRunning
 	case <-ctx.Done():
-		werr = j.stopGroup(pid, done)
+		werr = j.stopTree(tree, done, nil)
 	}
 	stdout.flush()
 	stderr.flush()
-	j.mu.Lock()
-	j.pgid = 0
-	j.mu.Unlock()
 	if errors.Is(werr, exec.ErrWaitDelay) {
 		j.logf("stopped reading output %s after the process exited: a background process still holds it open", drainDelay)
 		werr = nil
 	}
+	if spare != nil {
+		j.stopLeftovers(tree)
+	}
+	for _, note := range j.m.contain.finish(tree, spare) {
+		j.logf("%s", note)
+	}
+	j.mu.Lock()
+	j.pgid = 0
+	j.mu.Unlock()
 	var ee *exec.ExitError
 	if werr != nil && !errors.As(werr, &ee) {
 		return -1, werr
@@ -83,53 +95,65 @@ func (j *job) runProcessUntil(ctx context.Context, argv []string, dir string, en
 	return exitStatus(cmd.ProcessState), nil
 }
 
-// stopGroup stops process group pgid after the job's context ended: SIGTERM,
-// then SIGKILL once KillGrace has passed with the group still alive. It
-// returns the Wait result of the group's leader.
-func (j *job) stopGroup(pgid int, done <-chan error) error {
-	if !killNeedsGrace {
-		j.logf("killing the process tree of process %d", pgid)
-		signalGroup(pgid, true)
-		return <-done
+// stopLeftovers stops what the job's process left running when it exited
+// by itself, but the processes started with TENTACLE_KEEP_RUNNING=1. Where
+// the processes cannot be listed (no /proc) nobody can tell which those
+// are, and all are left.
+func (j *job) stopLeftovers(t procTree) {
+	pids, exact := t.live(keptRunning)
+	if len(pids) == 0 || !exact {
+		return
 	}
-	j.logf("sending SIGTERM to process group %d", pgid)
-	if err := signalGroup(pgid, false); err != nil {
-		j.logf("failed to signal process group %d: %v", pgid, err)
+	j.logf("the process exited and left %d process(es) running in %s: stopping them (start a process with %s to keep it)", len(pids), t, keepRunning)
+	j.stopTree(t, nil, keptRunning)
+}
+
+// stopTree stops tree t, but the processes spare (if not nil) exempts:
+// SIGTERM, then SIGKILL once KillGrace has passed with any of them alive.
+// done, if not nil, is the Wait result of the job's process, still to
+// come, and stopTree returns it.
+func (j *job) stopTree(t procTree, done <-chan error, spare func(int) bool) error {
+	var werr error
+	if !killNeedsGrace {
+		j.logf("killing %s", t)
+		t.signal(true, spare)
+		if done != nil {
+			werr = <-done
+		}
+		return werr
+	}
+	j.logf("sending SIGTERM to %s", t)
+	if err := t.signal(false, spare); err != nil {
+		j.logf("failed to signal %s: %v", t, err)
 	}
 	grace := time.NewTimer(j.m.cfg.KillGrace)
 	defer grace.Stop()
-	var werr error
-	exited := false
-	var poll <-chan time.Time
-	for {
+	// The leader may be gone while others of the tree are not: they are
+	// given the same grace period.
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	for exited := done == nil; ; {
 		select {
 		case werr = <-done:
-			exited = true
-			if !groupAlive(pgid) {
-				return werr
-			}
-			// The leader is gone but others of its group are not: see
-			// whether they go within the grace period.
-			t := time.NewTicker(50 * time.Millisecond)
-			defer t.Stop()
-			poll = t.C
-			done = nil
-			continue
-		case <-poll:
-			if !groupAlive(pgid) {
-				return werr
-			}
-			continue
+			exited, done = true, nil
+		case <-poll.C:
 		case <-grace.C:
+			j.logf("still running %s after SIGTERM: sending SIGKILL to %s", j.m.cfg.KillGrace, t)
+			if err := t.signal(true, spare); err != nil {
+				j.logf("failed to kill %s: %v", t, err)
+			}
+			if done != nil {
+				werr = <-done
+			}
+			return werr
 		}
-		break
+		if !exited {
+			continue
+		}
+		if pids, _ := t.live(spare); len(pids) == 0 {
+			return werr
+		}
 	}
-	j.logf("still running %s after SIGTERM: sending SIGKILL to process group %d", j.m.cfg.KillGrace, pgid)
-	signalGroup(pgid, true)
-	if !exited {
-		werr = <-done
-	}
-	return werr
 }
 
 // resolveShell turns script.start's shell into an interpreter path and the

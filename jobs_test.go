@@ -834,7 +834,12 @@ func TestCrashMarksRunningJobsLost(t *testing.T) {
 	}
 	finished := startJob(t, c, map[string]any{"script": "echo done before the crash"})
 	_, before := followJob(t, c, finished)
-	running := startJob(t, c, map[string]any{"script": `sleep 1000 & echo "pid $!"; echo "pid $$"; wait`})
+	script := `sleep 1000 & echo "pid $!"; echo "pid $$"; wait`
+	h, _ := sharedCgroups()
+	if h != nil { // found by its cgroup, a child in a session of its own goes too
+		script = detached("exec sleep 1000") + ` & echo "pid $$"; wait`
+	}
+	running := startJob(t, c, map[string]any{"script": script})
 	waitFor(t, "the running job's pids", 10*time.Second, func() bool { return len(statusOf(t, c, running).Logs) >= 2 })
 	pids := pidsIn(t, texts(statusOf(t, c, running).Logs, "stdout"))
 	c.Close()
@@ -866,6 +871,9 @@ func TestCrashMarksRunningJobsLost(t *testing.T) {
 			t.Fatalf("leftovers not killed: %s", agent)
 		}
 		waitGone(t, pids)
+		if h != nil && len(cgroupsOf(h, running)) > 0 {
+			t.Fatalf("the lost job's cgroups are still there: %v", cgroupsOf(h, running))
+		}
 	}
 }
 

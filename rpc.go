@@ -246,7 +246,7 @@ func handleInfo(c *call) (any, error) {
 		"uptime_s":   int64(time.Since(c.srv.started).Seconds()),
 		"thumbprint": c.srv.id.thumbprint,
 		"client":     map[string]string{"thumbprint": c.peer.thumbprint, "name": c.peer.entry.Name},
-		"shells":     availableShells(),
+		"shells":     availableShells(), "containment": c.srv.jobs.contain.info(),
 		"limits": map[string]any{
 			"max_line": l.MaxLine, "max_body_discard": maxDiscard,
 			"handshake_timeout_s": l.HandshakeTimeout.Seconds(), "idle_timeout_s": l.IdleTimeout.Seconds(),

@@ -34,11 +34,14 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 const prSetChildSubreaper = 36 // from <linux/prctl.h>
@@ -320,4 +323,151 @@ func fileVersion(fi os.FileInfo) string {
 		return ""
 	}
 	return fmtStamp(uint64(st.Dev), st.Ino, fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Nano())
+}
+
+// cgroupSupport: Linux has cgroups.
+func cgroupSupport() error { return nil }
+
+// cgroupV2Support checks that a process can be started inside a v2
+// cgroup: clone3 with CLONE_INTO_CGROUP, from Linux 5.7.
+func cgroupV2Support() error {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return fmt.Errorf("cannot tell the kernel's version: %v", err)
+	}
+	rel := strings.TrimSpace(string(b))
+	var major, minor int
+	fmt.Sscanf(rel, "%d.%d", &major, &minor)
+	if major < 5 || (major == 5 && minor < 7) {
+		return fmt.Errorf("Linux %s cannot start a process inside a cgroup (clone3 CLONE_INTO_CGROUP needs 5.7)", rel)
+	}
+	return nil
+}
+
+// startInCgroup starts cmd inside g, so that it runs nothing outside it.
+// On v2 the kernel does it: clone3 with CLONE_INTO_CGROUP (Go's
+// SysProcAttr.UseCgroupFD). v1 has no such call, but a v1 cgroup holds
+// threads, and a child starts in the cgroups of the thread that forked it:
+// so the fork is made from a thread of the agent's, locked to this
+// goroutine, moved into g just before and back at once after. The Go
+// runtime never clones a thread from a locked one (it asks its template
+// thread), so no other agent thread lands in g; should the way back fail,
+// the thread stays locked and so ends with the goroutine.
+func startInCgroup(cmd *exec.Cmd, g *cgroup) error {
+	if g.host.v2 != "" {
+		f, err := os.Open(g.dirs[0])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(f.Fd())
+		return startChild(cmd)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		tid := []byte(strconv.Itoa(syscall.Gettid()))
+		back, err := threadCgroups(g)
+		if err == nil {
+			err = moveThread(g.dirs, tid)
+			if err == nil {
+				err = startChild(cmd)
+			}
+			if moveThread(back, tid) == nil {
+				runtime.UnlockOSThread()
+			}
+		}
+		errc <- err
+	}()
+	return <-errc
+}
+
+// threadCgroups is where the calling thread is now, in each hierarchy of g.
+func threadCgroups(g *cgroup) ([]string, error) {
+	own, err := readOwnCgroups("/proc/thread-self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	dirs := make([]string, len(g.ctrls))
+	for i, ctrl := range g.ctrls {
+		if dirs[i], err = cgroupDir(g.host.mounts, own[ctrl], func(m cgroupMount) bool { return !m.v2 && slices.Contains(m.ctrls, ctrl) }); err != nil {
+			return nil, fmt.Errorf("the agent's %s cgroup: %v", ctrl, err)
+		}
+	}
+	return dirs, nil
+}
+
+// moveThread moves thread tid into each of the v1 cgroups dirs.
+func moveThread(dirs []string, tid []byte) error {
+	for _, d := range dirs {
+		if err := os.WriteFile(d+"/tasks", tid, 0); err != nil {
+			return fmt.Errorf("failed to move a thread into cgroup %q: %v", d, err)
+		}
+	}
+	return nil
+}
+
+const (
+	rlimitNproc  = 6 // RLIMIT_NPROC on x86 and arm (asm-generic/resource.h)
+	nprocReserve = 128
+)
+
+// procLimitNote says what caps a job's processes without cgroups:
+// RLIMIT_NPROC, set by limitProcs; "" where it cannot: the kernel never
+// holds root to it.
+func procLimitNote(maxProcs int) string {
+	if maxProcs <= 0 || os.Getuid() == 0 {
+		return ""
+	}
+	return fmt.Sprintf("RLIMIT_NPROC of uid %d", os.Getuid())
+}
+
+// limitProcs caps the processes job process pid and its descendants may
+// make, without cgroups. RLIMIT_NPROC counts every process and thread of
+// the real uid, the agent's own included, and the kernel checks it against
+// the limit of the process that forks. So the job gets what its uid runs
+// now plus maxProcs, and never more than the agent's own limit less a
+// reserve: however a job floods, its forks fail while the agent can still
+// make threads, and floods of several jobs at once do not add up. Hard and
+// soft are set, so the job cannot raise it again. The limit lands as soon
+// as the process has started (prlimit), microseconds after its exec and
+// before its shell has read the script.
+func limitProcs(pid, maxProcs int) {
+	if procLimitNote(maxProcs) == "" {
+		return
+	}
+	limit := uint64(userTasks(os.Getuid()) + maxProcs)
+	var own syscall.Rlimit
+	if syscall.Getrlimit(rlimitNproc, &own) == nil && own.Cur != ^uint64(0) && own.Cur > nprocReserve {
+		limit = min(limit, own.Cur-nprocReserve)
+	}
+	lim := syscall.Rlimit{Cur: limit, Max: limit}
+	syscall.RawSyscall6(syscall.SYS_PRLIMIT64, uintptr(pid), rlimitNproc, uintptr(unsafe.Pointer(&lim)), 0, 0, 0)
+}
+
+// userTasks counts the processes and threads whose real uid is uid.
+func userTasks(uid int) int {
+	ents, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue // self, thread-self and the rest
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		var real, threads int
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+				fmt.Sscan(v, &real)
+			} else if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+				fmt.Sscan(v, &threads)
+			}
+		}
+		if real == uid {
+			n += threads
+		}
+	}
+	return n
 }

@@ -1,10 +1,13 @@
 package main
 
 // sys_linux_test.go: the orphan reaper, in this process and with the
-// agent as PID 1 of its own pid namespace (unshare), as in a container.
+// agent as PID 1 of its own pid namespace (unshare), as in a container;
+// starting and killing job cgroups; the agent where it may make none.
 
 import (
 	"bytes"
+	"cmp"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -210,6 +213,7 @@ func TestAgentAsPID1(t *testing.T) {
 	}
 	if _, ok := protocolMethods()["script.start"]; ok {
 		pid1Job(t, cc, agent)
+		pid1Contain(t, cc)
 	} else {
 		t.Log("no script.start in this build (the jobs issue is not merged): orphans left by nsenter only")
 	}
@@ -264,5 +268,282 @@ func pid1Job(t *testing.T, cc *clientConn, agent int) {
 	})
 	if z := strayZombies(agent); len(z) != 0 {
 		t.Fatalf("zombies left under PID 1 after the job: %v", z)
+	}
+}
+
+// scratchV2 makes a cgroup for a test under this process's own cgroup in
+// the v2 hierarchy (on a v1 host, its unified mount, which holds no
+// controllers but does cgroup.procs, cgroup.kill and CLONE_INTO_CGROUP),
+// and returns a host that makes job cgroups in it.
+func scratchV2(t testing.TB) *cgroupHost {
+	t.Helper()
+	if err := cgroupV2Support(); err != nil {
+		t.Skip(err)
+	}
+	own, err := readOwnCgroups("/proc/self/cgroup")
+	mounts, err2 := readCgroupMounts("/proc/self/mountinfo")
+	if err != nil || err2 != nil || own[""] == "" {
+		t.Skip("no cgroup v2 hierarchy here")
+	}
+	dir, err := cgroupDir(mounts, own[""], func(m cgroupMount) bool { return m.v2 })
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	p := filepath.Join(dir, "tentacle.test."+strconv.Itoa(os.Getpid()))
+	if err := os.Mkdir(p, 0o755); err != nil {
+		t.Skipf("cannot make a cgroup in %q: %v", dir, err)
+	}
+	t.Cleanup(func() { os.Remove(p) })
+	return &cgroupHost{v2: p, v2Kill: true, mounts: mounts}
+}
+
+// TestCgroupStartAndKill starts processes inside a job cgroup the ways the
+// agent does (clone3 into it on v2, a thread moved in for the fork on v1):
+// the process is inside before it runs anything, and so is what it starts,
+// setsid or not. Then the cgroup is killed, each way there is, and removed.
+func TestCgroupStartAndKill(t *testing.T) {
+	needSh(t)
+	type hostCase struct {
+		name string
+		host func(t *testing.T) *cgroupHost
+	}
+	v1 := func(freezer bool) func(t *testing.T) *cgroupHost {
+		return func(t *testing.T) *cgroupHost {
+			h, reason := sharedCgroups()
+			if h == nil || h.v2 != "" {
+				t.Skipf("no cgroup v1 for jobs here (%s)", cmp.Or(reason, "cgroup v2"))
+			}
+			c := *h
+			if !freezer {
+				c.freezer = ""
+			} else if c.freezer == "" {
+				t.Skip("no v1 freezer hierarchy here")
+			}
+			return &c
+		}
+	}
+	v2 := func(kill bool) func(t *testing.T) *cgroupHost {
+		return func(t *testing.T) *cgroupHost {
+			h := scratchV2(t)
+			if h.v2Kill = kill; kill && !isFile(filepath.Join(h.v2, "cgroup.kill")) {
+				t.Skip("no cgroup.kill in this kernel")
+			}
+			return h
+		}
+	}
+	for _, hc := range []hostCase{
+		{"v1 freezer", v1(true)}, {"v1 SIGKILL rounds", v1(false)},
+		{"v2 cgroup.kill", v2(true)}, {"v2 SIGKILL rounds", v2(false)},
+	} {
+		t.Run(hc.name, func(t *testing.T) {
+			h := hc.host(t)
+			ticket := newTicket()
+			// First, what the process sees as its first act.
+			g, err := h.create(ticket, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cat := exec.Command("cat", "/proc/self/cgroup")
+			var out syncBuffer
+			cat.Stdout = &out
+			setProcessGroup(cat)
+			if err := startInCgroup(cat, g); err != nil {
+				t.Fatal(err)
+			}
+			waitChild(cat)
+			inside := 0
+			for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+				f := strings.SplitN(line, ":", 3)
+				if len(f) == 3 && strings.HasSuffix(f[2], "/"+g.name) {
+					inside++
+				}
+			}
+			if inside != len(g.dirs) {
+				t.Fatalf("the process started inside %d hierarchies, want %s in all %d:\n%s", inside, g, len(g.dirs), out.String())
+			}
+			if notes, left := g.close(nil); left {
+				t.Fatalf("close: %v", notes)
+			}
+
+			// Then a tree that forks on and off into sessions of its own.
+			if g, err = h.create(ticket, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+			sh := exec.Command("sh", "-c", `setsid sh -c 'while :; do sleep 1000 & sleep 0.02; done' & while :; do sleep 1000 & sleep 0.02; done`)
+			setProcessGroup(sh)
+			if err := startInCgroup(sh, g); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- waitChild(sh) }()
+			var pids []int
+			waitFor(t, "the tree to grow", 10*time.Second, func() bool { pids, _ = g.live(nil); return len(pids) >= 20 })
+			if slices.Contains(pids, os.Getpid()) {
+				t.Fatal("the agent is in the job's cgroup")
+			}
+			if err := g.signal(true, nil); err != nil {
+				t.Fatal(err)
+			}
+			<-done
+			if notes, left := g.close(nil); left {
+				t.Fatalf("close after the kill: %v", notes)
+			}
+			for _, d := range g.dirs {
+				if dirExists(d) {
+					t.Fatalf("%q is still there", d)
+				}
+			}
+			waitGone(t, pids)
+		})
+	}
+}
+
+// TestAgentWithoutCgroups runs the built agent as an unprivileged user
+// (nobody), who may not make cgroups: it says so at start and in info,
+// falls back to process groups, and caps a job's processes with
+// RLIMIT_NPROC, so a fork flood fails that job while the agent serves on.
+func TestAgentWithoutCgroups(t *testing.T) {
+	needSh(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil || os.Getuid() != 0 {
+		t.Skip("needs root and setpriv (util-linux) to run the agent as another user")
+	}
+	const nobody = 65534
+	bin := buildOpsBinary(t)
+	home := filepath.Join(t.TempDir(), "home")
+	// The test's temporary folders are 0700 root: let nobody through.
+	for _, d := range []string{filepath.Dir(filepath.Dir(home)), filepath.Dir(home), filepath.Dir(bin)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(home, 0o700); err != nil || os.Chown(home, nobody, nobody) != nil {
+		t.Fatal("cannot make a home for nobody")
+	}
+	clientHome := t.TempDir()
+	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := baseEnv("TENTACLE_HOME="+home, "TENTACLE_LISTEN=127.0.0.1:0", "TENTACLE_TRUST="+client.thumbprint)
+	p := startEnvAgent(t, env, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "-job-max-procs", "32", "-kill-grace", "500ms")
+	t.Cleanup(func() { p.stop(15 * time.Second) })
+	logs := p.logs.String()
+	if !strings.Contains(logs, `level=WARN msg="jobs are not contained in cgroups`) || !strings.Contains(logs, "uid 65534 may not make cgroups in") ||
+		!strings.Contains(logs, `process_limit="RLIMIT_NPROC of uid 65534"`) {
+		t.Fatalf("no WARN line with the reason at start:\n%s", logs)
+	}
+	c, err := dialAgent(p.addr, client, p.thumbprint, "", 5*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var info struct {
+		Containment struct{ Mode, Reason string } `json:"containment"`
+	}
+	if err := c.call("info", nil, &info); err != nil || info.Containment.Mode != containGroup || !strings.Contains(info.Containment.Reason, "uid 65534 may not make cgroups") {
+		t.Fatalf("info: %+v, %v", info.Containment, err)
+	}
+	st, logEntries := runScript(t, c, map[string]any{"script": `while :; do sleep 1000 & done`, "timeout_s": 30})
+	if outcomeOf(st) != outcomeFailed || !slices.ContainsFunc(texts(logEntries, "stderr"), func(s string) bool { return strings.Contains(s, "Cannot fork") }) {
+		t.Fatalf("fork flood as nobody: %s %v", outcomeOf(st), logEntries)
+	}
+	if st, _ := runScript(t, c, map[string]any{"script": "echo fine"}); outcomeOf(st) != outcomeSuccess {
+		t.Fatalf("a job after the flood: %s", outcomeOf(st))
+	}
+}
+
+// pid1Contain runs a job on the agent as PID 1 (host pid agent) whose
+// detached child (setsid) must go with its cancel: the agent reads and
+// signals its cgroup in its own pid namespace.
+func pid1Contain(t *testing.T, cc *clientConn) {
+	t.Helper()
+	h, _ := sharedCgroups()
+	var info struct {
+		Containment struct{ Mode string } `json:"containment"`
+	}
+	if err := cc.call("info", nil, &info); err != nil {
+		t.Fatal(err)
+	}
+	if h == nil {
+		t.Logf("no cgroups here: containment %q", info.Containment.Mode)
+		return
+	}
+	if info.Containment.Mode != containV1 && info.Containment.Mode != containV2 {
+		t.Fatalf("the agent as PID 1 contains jobs by %q", info.Containment.Mode)
+	}
+	ticket := startJob(t, cc, map[string]any{"script": detached("exec sleep 1000") + " & sleep 1000"})
+	waitFor(t, "the detached child", 10*time.Second, func() bool { return len(texts(statusOf(t, cc, ticket).Logs, "stdout")) > 0 })
+	if len(cgroupsOf(h, ticket)) == 0 {
+		t.Fatal("the job has no cgroup")
+	}
+	if err := cc.call("job.cancel", map[string]any{"ticket": ticket}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st, logs := followJob(t, cc, ticket); outcomeOf(st) != outcomeCancelled {
+		t.Fatalf("cancel under PID 1: %s %v", outcomeOf(st), logs)
+	}
+	// The cgroup goes only once it is empty: the detached child is dead.
+	if left := cgroupsOf(h, ticket); len(left) > 0 {
+		t.Fatalf("cgroups left under PID 1: %v", left)
+	}
+}
+
+// BenchmarkJobCgroupStart is what putting one process in a cgroup costs,
+// each way: "true" started, waited for and its cgroup removed, without a
+// cgroup, in a v1 cgroup (a thread moved in and out: the kernel's
+// migration waits for an RCU grace period when none is under way, so the
+// runs are spaced) and in a v2 cgroup (clone3 into it: no migration).
+// Run: go test -run '^$' -bench JobCgroupStart -benchtime 1x
+func BenchmarkJobCgroupStart(b *testing.B) {
+	v1, _ := sharedCgroups()
+	if v1 != nil && v1.v2 != "" {
+		v1 = nil
+	}
+	v2 := scratchV2(b)
+	one := func(h *cgroupHost) time.Duration {
+		start := time.Now()
+		cmd := exec.Command("true")
+		setProcessGroup(cmd)
+		if h == nil {
+			if err := startChild(cmd); err != nil {
+				b.Fatal(err)
+			}
+			waitChild(cmd)
+			return time.Since(start)
+		}
+		g, err := h.create(newTicket(), 0, 0)
+		if err == nil {
+			err = startInCgroup(cmd, g)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitChild(cmd)
+		if notes, left := g.close(nil); left {
+			b.Fatal(notes)
+		}
+		return time.Since(start)
+	}
+	const rounds = 60
+	for range b.N {
+		var none, in1, in2 []time.Duration
+		for range rounds {
+			for _, r := range []struct {
+				h *cgroupHost
+				d *[]time.Duration
+			}{{nil, &none}, {v1, &in1}, {v2, &in2}} {
+				if r.h == nil && r.d != &none {
+					continue
+				}
+				time.Sleep(20 * time.Millisecond) // let the kernel's rcu_sync go idle, as between jobs
+				*r.d = append(*r.d, one(r.h))
+			}
+		}
+		msg := fmt.Sprintf("medians of %d, spaced 20ms: start+wait+remove of true without a cgroup %v", rounds, median(none).Round(10*time.Microsecond))
+		if len(in1) > 0 {
+			msg += fmt.Sprintf(", cgroup v1 %v", median(in1).Round(10*time.Microsecond))
+		}
+		b.Logf("%s, cgroup v2 %v", msg, median(in2).Round(10*time.Microsecond))
 	}
 }

@@ -8,6 +8,7 @@ package main
 // wait.
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -35,3 +36,18 @@ func (w *writeback) advance(n int) {}
 func fileVersion(fi os.FileInfo) string {
 	return fmtStamp(0, 0, fi.Size(), fi.ModTime().UnixNano(), 0)
 }
+
+// cgroupSupport: there are no cgroups here, and jobs are held by process
+// groups (jobs_contain.go).
+func cgroupSupport() error { return errors.New("cgroups are a Linux feature") }
+
+func cgroupV2Support() error { return cgroupSupport() }
+
+// startInCgroup is never reached without a cgroup host.
+func startInCgroup(cmd *exec.Cmd, g *cgroup) error { return cgroupSupport() }
+
+// procLimitNote: nothing caps a job's processes here (macOS has no
+// prlimit, to set another process's limit).
+func procLimitNote(maxProcs int) string { return "" }
+
+func limitProcs(pid, maxProcs int) {}

@@ -3,7 +3,9 @@
 package main
 
 // sys_unix.go: platform code for every Unix (Linux, macOS, the BSDs):
-// process groups and their signals, /proc where there is one, free space
+// process groups and their signals (where there are no cgroups, a job's
+// process group is what stops its whole tree; cgroups or not, it keeps a
+// terminal's signals away from jobs), /proc where there is one, free space
 // and the full-disk error, the home's lock (flock).
 
 import (
@@ -13,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 )
@@ -39,21 +42,46 @@ func signalGroup(pgid int, force bool) error {
 // before it is killed.
 const killNeedsGrace = true
 
-// groupAlive reports whether group pgid still has a process that is not a
-// zombie. Where there is a /proc (Linux) it looks there, because orphans
-// that nobody reaps (a container whose PID 1 does not) stay as zombies and
-// would otherwise count as alive until the grace period ends.
-func groupAlive(pgid int) bool {
-	if procs, ok := scanProcs(); ok {
-		for _, p := range procs {
-			if p.pgrp == pgid && p.state != 'Z' {
-				return true
-			}
-		}
-		return false
+// groupMembers lists the live (not zombie) processes of group pgid, never
+// the agent. Where there is a /proc (Linux) it looks there, because orphans
+// that nobody reaps (a container whose PID 1 does not) stay zombies and
+// would otherwise count as alive until the grace period ends. Without one
+// (macOS) the members cannot be listed: exact is false, and a live group
+// reads as its leader alone.
+func groupMembers(pgid int) (pids []int, exact bool) {
+	if syscall.Kill(-pgid, 0) == syscall.ESRCH {
+		return nil, true // not a process left: spare the scan of /proc
 	}
-	err := syscall.Kill(-pgid, 0)
-	return err == nil || err == syscall.EPERM
+	procs, ok := scanProcs()
+	if !ok {
+		return []int{pgid}, false
+	}
+	self := os.Getpid()
+	for _, p := range procs {
+		if p.pgrp == pgid && p.state != 'Z' && p.pid != self {
+			pids = append(pids, p.pid)
+		}
+	}
+	return pids, true
+}
+
+// groupName is how a job's log names process group pgid.
+func groupName(pgid int) string { return "process group " + strconv.Itoa(pgid) }
+
+// signalProcess sends SIGTERM, or SIGKILL when force, to pid.
+func signalProcess(pid int, force bool) error {
+	sig := syscall.SIGTERM
+	if force {
+		sig = syscall.SIGKILL
+	}
+	return syscall.Kill(pid, sig)
+}
+
+// procEnvHas reports whether pid's environment (as it was at its exec)
+// holds kv, "NAME=value". Without /proc it never does.
+func procEnvHas(pid int, kv string) bool {
+	env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
+	return err == nil && slices.ContainsFunc(bytes.Split(env, []byte{0}), func(b []byte) bool { return string(b) == kv })
 }
 
 // processAlive reports whether pid is a live (not zombie) process.
@@ -69,36 +97,25 @@ func processAlive(pid int) bool {
 }
 
 // killLeftovers kills what is left of a job that was running when the agent
-// died: the processes still in its process group pgid, but only those whose
-// environment carries TENTACLE_TICKET=ticket, so that a process group id
-// reused by an unrelated program is never touched. It needs /proc (Linux);
-// without one nothing can be checked safely and nothing is killed. It
-// returns how many processes it killed.
+// died, except the processes that asked to keep running: what is in the
+// job's cgroups (killLostCgroups), then what is still in its process group
+// pgid, but only processes whose environment carries TENTACLE_TICKET=ticket,
+// so that a process group id reused by an unrelated program is never
+// touched. The latter needs /proc (Linux); without one nothing can be
+// checked safely and nothing is killed. It returns how many processes it
+// killed.
 func killLeftovers(pgid int, ticket string) int {
+	n := killLostCgroups(ticket)
 	if pgid <= 0 {
-		return 0
+		return n
 	}
-	procs, ok := scanProcs()
-	if !ok {
-		return 0
+	pids, exact := groupMembers(pgid)
+	if !exact {
+		return n
 	}
-	want := []byte("TENTACLE_TICKET=" + ticket)
-	n := 0
-	for _, p := range procs {
-		if p.pgrp != pgid || p.state == 'Z' {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p.pid), "environ"))
-		if err != nil {
-			continue
-		}
-		for _, kv := range bytes.Split(env, []byte{0}) {
-			if bytes.Equal(kv, want) {
-				if syscall.Kill(p.pid, syscall.SIGKILL) == nil {
-					n++
-				}
-				break
-			}
+	for _, p := range pids {
+		if procEnvHas(p, "TENTACLE_TICKET="+ticket) && !keptRunning(p) && syscall.Kill(p, syscall.SIGKILL) == nil {
+			n++
 		}
 	}
 	return n

@@ -38,9 +38,24 @@ func signalGroup(pid int, force bool) error {
 	return nil
 }
 
-// groupAlive: the tree cannot be enumerated; once the job's own process has
-// exited, nothing more can be waited for.
-func groupAlive(pid int) bool { return false }
+// groupMembers: the tree cannot be enumerated; once the job's own process
+// has exited, nothing more can be waited for.
+func groupMembers(pid int) (pids []int, exact bool) { return nil, false }
+
+// groupName is how a job's log names the tree of pid.
+func groupName(pid int) string { return "the process tree of process " + strconv.Itoa(pid) }
+
+// signalProcess kills pid (Windows has no SIGTERM).
+func signalProcess(pid int, force bool) error {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return err
+	}
+	return p.Kill()
+}
+
+// procEnvHas: another process's environment is not read on Windows.
+func procEnvHas(pid int, kv string) bool { return false }
 
 const stillActive = 259 // STILL_ACTIVE from GetExitCodeProcess
 

@@ -1,0 +1,324 @@
+package main
+
+// jobs_contain_test.go: jobs in cgroups (jobs_contain.go): a fork flood
+// fails its job and never the agent, a memory limit holds, detached and
+// double-forked processes go with cancel, timeout and the job's end (unless
+// kept), and what it costs (leftovers of a lost job: TestCrashMarksRunningJobsLost).
+// Where this process cannot make cgroups the tests that need them skip and
+// say why.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// needCgroups skips a test where jobs cannot be put in cgroups here.
+func needCgroups(t testing.TB) *cgroupHost {
+	t.Helper()
+	needSh(t)
+	h, reason := sharedCgroups()
+	if h == nil {
+		t.Skipf("cgroups are not available to jobs here: %s", reason)
+	}
+	return h
+}
+
+// cgroupsOf lists the cgroups there are for ticket's processes.
+func cgroupsOf(h *cgroupHost, ticket string) []string {
+	var out []string
+	for _, p := range []string{h.v2, h.pids, h.memory, h.freezer} {
+		if p != "" {
+			m, _ := filepath.Glob(filepath.Join(p, "tentacle-"+ticket+"*"))
+			out = append(out, m...)
+		}
+	}
+	return out
+}
+
+// agentLines is a job log's agent lines as one text.
+func agentLines(logs []logEntry) string { return strings.Join(texts(logs, "agent"), "\n") }
+
+// TestJobForkFlood: a job that forks until it cannot hits its process
+// limit; its own forks fail, the agent goes on serving and starting jobs,
+// and every process of the flood is gone after.
+func TestJobForkFlood(t *testing.T) {
+	h := needCgroups(t)
+	const limit = 64
+	a := startAgent(t, func(c *config) { c.JobMaxProcs = limit; c.KillGrace = 500 * time.Millisecond })
+	c := a.dial(t)
+	tests := []struct {
+		name, shell string
+		timeout     float64
+		outcome     string
+	}{
+		// dash gives up at its first failed fork: the job fails by itself.
+		{"sh fails at the limit", "sh", 30, outcomeFailed},
+		// bash retries a failed fork with back-off: the flood goes on until the
+		// job's timeout, while the agent serves.
+		{"bash floods until its timeout", "bash", 3, outcomeTimedOut},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := exec.LookPath(tt.shell); err != nil {
+				t.Skipf("%s is not installed", tt.shell)
+			}
+			ticket := startJob(t, c, map[string]any{"shell": tt.shell, "timeout_s": tt.timeout,
+				"script": `while :; do sleep 1000 & done`})
+			waitFor(t, "the flood to reach the limit", 20*time.Second, func() bool {
+				for _, d := range cgroupsOf(h, ticket) {
+					if b, err := os.ReadFile(filepath.Join(d, "pids.events")); err == nil && !strings.Contains(string(b), "max 0") {
+						return true
+					}
+				}
+				return statusOf(t, c, ticket).State == stateDone
+			})
+			// Meanwhile the agent answers and runs another job.
+			if err := c.call("ping", nil, nil); err != nil {
+				t.Fatalf("ping during the flood: %v", err)
+			}
+			if st, logs := runScript(t, c, map[string]any{"script": "echo fine"}); outcomeOf(st) != outcomeSuccess || !slices.Contains(texts(logs, "stdout"), "fine") {
+				t.Fatalf("a job during the flood: %s %v", outcomeOf(st), logs)
+			}
+			st, logs := followJob(t, c, ticket)
+			if outcomeOf(st) != tt.outcome {
+				t.Fatalf("outcome %s, want %s; log %v", outcomeOf(st), tt.outcome, logs)
+			}
+			if want := fmt.Sprintf("the job reached its limit of %d processes (-job-max-procs)", limit); !strings.Contains(agentLines(logs), want) {
+				t.Fatalf("no %q in the agent lines:\n%s", want, agentLines(logs))
+			}
+			if left := cgroupsOf(h, ticket); len(left) > 0 {
+				t.Fatalf("the flood's cgroups are still there: %v", left)
+			}
+			if err := c.call("ping", nil, nil); err != nil {
+				t.Fatalf("ping after the flood: %v", err)
+			}
+		})
+	}
+}
+
+// TestJobMemoryLimit: a job that allocates past -job-max-memory is killed
+// by the kernel and fails, and says so; one within it succeeds.
+func TestJobMemoryLimit(t *testing.T) {
+	h := needCgroups(t)
+	if !h.hasMemory() {
+		t.Skip("the memory controller is not available to jobs here")
+	}
+	const limit = 64 << 20
+	a := startAgent(t, func(c *config) { c.JobMaxMemory = limit })
+	c := a.dial(t)
+	tests := []struct {
+		name, block string
+		outcome     string
+	}{
+		{"within the limit", "8M", outcomeSuccess},
+		{"past the limit", "256M", outcomeFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// dd holds one block of bs bytes in memory, and fills it.
+			st, logs := runScript(t, c, map[string]any{"script": "dd if=/dev/zero of=/dev/null bs=" + tt.block + " count=1"})
+			if outcomeOf(st) != tt.outcome {
+				t.Fatalf("outcome %s, want %s; log %v", outcomeOf(st), tt.outcome, logs)
+			}
+			killed := strings.Contains(agentLines(logs), fmt.Sprintf("for going over its memory limit of %d bytes (-job-max-memory)", limit))
+			if killed != (tt.outcome == outcomeFailed) {
+				t.Fatalf("exit code %s; agent lines:\n%s", exitCodeOf(st), agentLines(logs))
+			}
+			if tt.outcome == outcomeFailed && exitCodeOf(st) != "137" {
+				t.Fatalf("exit code %s, want 137 (SIGKILL)", exitCodeOf(st))
+			}
+		})
+	}
+}
+
+// detached is a shell command that starts sh in a session of its own,
+// which prints its pid and becomes body (run with output to /dev/null).
+func detached(body string) string {
+	return `setsid sh -c 'echo "pid $$"; exec >/dev/null 2>&1; ` + body + `'`
+}
+
+// TestJobLeftovers: what a job's process leaves running, detached
+// (setsid) or double-forked, goes when the job is cancelled or times out,
+// always, and when the process ends by itself, unless it was started with
+// TENTACLE_KEEP_RUNNING=1. Where there are no cgroups (process groups), the
+// same holds for what stays in the job's process group.
+func TestJobLeftovers(t *testing.T) {
+	needSh(t)
+	if runtime.GOOS == "windows" {
+		t.Skip("needs setsid and /proc")
+	}
+	tests := []struct {
+		name, script string
+		group        bool    // also holds with process groups only (nothing leaves the group)
+		timeout      float64 // 0: none
+		cancel       bool
+		outcome      string
+		kept         bool // the leftover is still running after the job
+		line         string
+	}{
+		{name: "a double-forked process goes when the script ends", script: `(` + detached("exec sleep 1000") + ` &)`,
+			outcome: outcomeSuccess, line: "the process exited and left 1 process(es) running"},
+		{name: "a background process goes when the script ends", script: `sh -c 'echo "pid $$"; exec sleep 1000 >/dev/null 2>&1' &`, group: true,
+			outcome: outcomeSuccess, line: "the process exited and left 1 process(es) running"},
+		{name: "a process started with TENTACLE_KEEP_RUNNING=1 is kept", script: `(TENTACLE_KEEP_RUNNING=1 ` + detached("exec sleep 1000") + ` &)`,
+			outcome: outcomeSuccess, kept: true, line: "left 1 process(es) running, started with TENTACLE_KEEP_RUNNING=1"},
+		{name: "cancel kills a detached process, kept or not", script: `TENTACLE_KEEP_RUNNING=1 ` + detached("exec sleep 1000") + ` & sleep 1000`,
+			cancel: true, outcome: outcomeCancelled, line: "sending SIGTERM to cgroup"},
+		{name: "a timeout kills a detached process that ignores SIGTERM", script: detached(`trap "" TERM; while :; do sleep 1; done`) + ` & sleep 1000`,
+			timeout: 1, outcome: outcomeTimedOut, line: "sending SIGKILL to cgroup"},
+	}
+	modes := []struct {
+		name      string
+		noCgroups bool
+	}{{"cgroup", false}, {"process group", true}}
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			var h *cgroupHost
+			if !mode.noCgroups {
+				h = needCgroups(t)
+			}
+			a := startAgent(t, func(c *config) { c.KillGrace = 300 * time.Millisecond; c.noCgroups = mode.noCgroups })
+			c := a.dial(t)
+			for _, tt := range tests {
+				if mode.noCgroups && !tt.group {
+					continue
+				}
+				t.Run(tt.name, func(t *testing.T) {
+					ticket := startJob(t, c, map[string]any{"script": tt.script, "timeout_s": tt.timeout})
+					waitFor(t, "the leftover's pid", 10*time.Second, func() bool { return len(texts(statusOf(t, c, ticket).Logs, "stdout")) > 0 })
+					if tt.cancel {
+						if err := c.call("job.cancel", map[string]any{"ticket": ticket}, nil); err != nil {
+							t.Fatal(err)
+						}
+					}
+					st, logs := followJob(t, c, ticket)
+					pids := pidsIn(t, texts(logs, "stdout"))
+					defer killAll(pids)
+					if outcomeOf(st) != tt.outcome || !strings.Contains(agentLines(logs), tt.line) {
+						t.Fatalf("outcome %s, want %s with %q; agent lines:\n%s", outcomeOf(st), tt.outcome, tt.line, agentLines(logs))
+					}
+					if !tt.kept {
+						waitGone(t, pids)
+						if h != nil {
+							if left := cgroupsOf(h, ticket); len(left) > 0 {
+								t.Fatalf("cgroups left: %v", left)
+							}
+						}
+						return
+					}
+					for _, p := range pids {
+						if !processAlive(p) {
+							t.Fatalf("kept process %d is gone", p)
+						}
+					}
+					// Once the kept process has exited, the next job's start
+					// removes its cgroup.
+					killAll(pids)
+					waitGone(t, pids)
+					runScript(t, c, map[string]any{"script": "true"})
+					if left := cgroupsOf(h, ticket); len(left) > 0 {
+						t.Fatalf("cgroups left after the kept process exited: %v", left)
+					}
+				})
+			}
+		})
+	}
+}
+
+func killAll(pids []int) {
+	for _, p := range pids {
+		if pr, err := os.FindProcess(p); err == nil {
+			pr.Kill()
+		}
+	}
+}
+
+// TestContainmentReported: the agent says at start how it contains jobs,
+// with a WARN line and the reason where it is not cgroups, and info says
+// the same.
+func TestContainmentReported(t *testing.T) {
+	h, _ := sharedCgroups()
+	tests := []struct {
+		name      string
+		noCgroups bool
+	}{{"as found here", false}, {"without cgroups", true}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := startAgent(t, func(c *config) { c.noCgroups = tt.noCgroups; c.JobMaxProcs = 100 })
+			var info struct {
+				Containment struct {
+					Mode     string `json:"mode"`
+					Reason   string `json:"reason"`
+					MaxProcs int    `json:"max_procs"`
+				} `json:"containment"`
+			}
+			if err := a.dial(t).call("info", nil, &info); err != nil {
+				t.Fatal(err)
+			}
+			got, logs := info.Containment, a.logs.String()
+			if h != nil && !tt.noCgroups {
+				if (got.Mode != containV1 && got.Mode != containV2) || got.MaxProcs != 100 || got.Reason != "" ||
+					!strings.Contains(logs, `msg="containing jobs in cgroups" containment="`+got.Mode+`"`) {
+					t.Fatalf("info %+v, log:\n%s", got, logs)
+				}
+				return
+			}
+			if got.Mode != containGroup || got.Reason == "" ||
+				!strings.Contains(logs, `level=WARN msg="jobs are not contained in cgroups: falling back to process groups`) ||
+				!strings.Contains(logs, "reason="+strconv.Quote(got.Reason)) {
+				t.Fatalf("info %+v, log:\n%s", got, logs)
+			}
+		})
+	}
+}
+
+// BenchmarkJobContainment is what a cgroup costs a job: "true" run over an
+// open connection (start, wait, complete) and as "tentacle exec -- true",
+// with cgroups and with process groups only, interleaved in the same run.
+// Run: go test -run '^$' -bench JobContainment -benchtime 1x
+func BenchmarkJobContainment(b *testing.B) {
+	needCgroups(b)
+	bin := buildTentacle(b)
+	agents := []*testAgent{benchAgent(b), startAgentLogging(b, nil, func(c *config) { c.noCgroups = true })}
+	conns := []*clientConn{agents[0].dial(b), agents[1].dial(b)}
+	const rounds = 100
+	for range b.N {
+		var open, execT [2][]time.Duration
+		for range rounds {
+			for i, a := range agents {
+				c := conns[i]
+				start := time.Now()
+				ticket := startJob(b, c, map[string]any{"script": "true"})
+				if st, _ := followJob(b, c, ticket); outcomeOf(st) != outcomeSuccess {
+					b.Fatalf("true: %s", outcomeOf(st))
+				}
+				if err := c.call("job.complete", map[string]any{"ticket": ticket}, nil); err != nil {
+					b.Fatal(err)
+				}
+				open[i] = append(open[i], time.Since(start))
+
+				start = time.Now()
+				if out, err := exec.Command(bin, "exec", "-home", a.clientHome, "-pin", a.thumbprint, a.addr, "--", "true").CombinedOutput(); err != nil {
+					b.Fatalf("exec: %v\n%s", err, out)
+				}
+				execT[i] = append(execT[i], time.Since(start))
+			}
+		}
+		oc, og, ec, eg := median(open[0]), median(open[1]), median(execT[0]), median(execT[1])
+		b.ReportMetric(float64(oc.Microseconds())/1000, "cgroup-open-ms")
+		b.ReportMetric(float64(og.Microseconds())/1000, "pgroup-open-ms")
+		b.ReportMetric(float64(ec.Microseconds())/1000, "cgroup-exec-ms")
+		b.ReportMetric(float64(eg.Microseconds())/1000, "pgroup-exec-ms")
+		b.Logf("medians of %d, %s: true on an open connection %v with cgroups, %v with process groups (+%v, ratio %.2f); tentacle exec -- true %v and %v (ratio %.2f)",
+			rounds, agents[0].srv.jobs.contain.mode, oc.Round(10*time.Microsecond), og.Round(10*time.Microsecond), (oc - og).Round(10*time.Microsecond),
+			float64(oc)/float64(og), ec.Round(10*time.Microsecond), eg.Round(10*time.Microsecond), float64(ec)/float64(eg))
+	}
+}
