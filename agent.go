@@ -136,6 +136,9 @@ func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
 	if err := prepareHome(cfg.Home); err != nil {
 		return nil, err
 	}
+	if err := checkHome(cfg, log); err != nil {
+		return nil, err
+	}
 	unlock, err := lockHome(cfg.Home)
 	if err != nil {
 		return nil, err
