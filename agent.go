@@ -172,7 +172,7 @@ func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
 			log.Warn("trust list problem", "problem", p)
 		}
 		if servers == 0 {
-			log.Warn("no trusted servers: nobody can connect yet", "fix", "add one with \""+trustAddCommand(cfg.Home)+"\" (or set TENTACLE_TRUST)", "trust_file", trustPath)
+			log.Warn("no trusted servers: nobody can connect yet", "fix", "add one with \""+trustAddCommand(cfg, "")+"\" (or set TENTACLE_TRUST)", "trust_file", trustPath)
 		} else {
 			log.Info("trust list loaded", "trusted_servers", servers, "trust_file", trustPath)
 		}
