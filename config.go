@@ -246,7 +246,8 @@ func checkKept(path string, log *slog.Logger) error {
 }
 
 // repairMode refuses fi (name in root) when another user owns it and takes
-// group and others' write permission away when they have it.
+// group and others' write permission away when they have it (a group that
+// is this user's own aside, see privateGroup).
 func repairMode(root *os.Root, name string, fi os.FileInfo, path string, log *slog.Logger) error {
 	if err := checkOwner(fi, fmt.Sprintf("%q in the agent's home", path), path); err != nil {
 		me := err.(*modeError)
@@ -254,11 +255,12 @@ func repairMode(root *os.Root, name string, fi os.FileInfo, path string, log *sl
 		me.fix = "chown -R " + strings.TrimPrefix(me.fix, "chown ")
 		return me
 	}
-	if m := fi.Mode(); m.Perm()&0o022 != 0 {
-		if err := root.Chmod(name, m.Perm()&^0o022); err != nil {
-			return fmt.Errorf("%q is writable by group or others (mode %s) and could not be repaired: %v", path, octalMode(m), err)
+	if m := fi.Mode(); othersCanWrite(fi) {
+		fixed := m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky) &^ 0o022
+		if err := root.Chmod(name, fixed); err != nil {
+			return &modeError{fmt.Sprintf("%q is writable by group or others (mode %s) and could not be repaired (%v)", path, octalMode(m), err), "chmod go-w " + path}
 		}
-		log.Warn("repaired a mode: group or others could write here", "path", path, "was", octalMode(m), "now", octalMode(m&^0o022))
+		log.Warn("repaired a mode: group or others could write here", "path", path, "was", octalMode(m), "now", octalMode(fixed))
 	}
 	return nil
 }

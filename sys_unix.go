@@ -191,13 +191,13 @@ func isReadOnlyFS(err error) bool { return errors.Is(err, syscall.EROFS) }
 // so that file.* can refuse it at once.
 const openNonblock = syscall.O_NONBLOCK
 
-// fileOwner is the uid that owns fi, for StrictModes.
-func fileOwner(fi os.FileInfo) (uid int, ok bool) {
+// fileOwner is the uid and gid that own fi, for StrictModes.
+func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return 0, false
+		return 0, 0, false
 	}
-	return int(st.Uid), true
+	return int(st.Uid), int(st.Gid), true
 }
 
 // fileDevice is the device (file system) fi lies on.

@@ -110,7 +110,7 @@ const openNonblock = 0
 
 // fileOwner: Windows has ACLs, not an owning uid; StrictModes is left to
 // the operator there.
-func fileOwner(fi os.FileInfo) (uid int, ok bool) { return 0, false }
+func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) { return 0, 0, false }
 
 // fileDevice: the volume stands for the device (see spaceBook).
 func fileDevice(fi os.FileInfo) (uint64, bool) { return 0, false }

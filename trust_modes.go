@@ -10,25 +10,33 @@ package main
 // root too. At start the home and the folders the agent keeps in it are
 // checked the same way (checkHome).
 //
-// Two kinds of folder that others can write are accepted on the way, as
-// neither lets them swap what lies below:
-//   - root-owned with the sticky bit (/tmp, a Kubernetes ConfigMap's mount
-//     point): others may not rename or remove what they do not own, and a
-//     file or link they add is refused by the owner check;
+// Some folders others can write are accepted, as none lets them swap what
+// lies in them:
+//   - root-owned with the sticky bit (/tmp, a Kubernetes ConfigMap's or
+//     memory volume's mount point): others may not rename or remove what
+//     they do not own, and a file or link they add is refused by the owner
+//     check;
 //   - on a read-only file system (Kubernetes mounts ConfigMaps and Secrets
-//     read-only, with folders 0777 on some distributions).
-// OpenSSH refuses the first for ~/.ssh; so does the agent for the folder
-// that holds the file itself, and for the home and the folders in it.
+//     read-only, with folders 0777 on some distributions);
+//   - writable by a group that is this user's own, with no other member
+//     (Debian's OpenSSH rule for user-private groups; a Kubernetes volume
+//     under fsGroup is one).
+// OpenSSH refuses the first for ~/.ssh; the agent refuses it, and repairs
+// or refuses any write by others, for its home and the folders in it
+// (checkHome).
 //
 // Windows has ACLs rather than owners and mode bits: there these checks are
 // left to the operator.
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 )
 
 // modeError is a StrictModes refusal: what is wrong, and the command that
@@ -54,7 +62,7 @@ func octalMode(m fs.FileMode) string {
 
 // checkOwner refuses what is owned by neither this user nor root.
 func checkOwner(fi os.FileInfo, what, path string) error {
-	uid, ok := fileOwner(fi)
+	uid, _, ok := fileOwner(fi)
 	me := os.Geteuid()
 	if !ok || uid == me || uid == 0 {
 		return nil
@@ -62,23 +70,79 @@ func checkOwner(fi os.FileInfo, what, path string) error {
 	return &modeError{fmt.Sprintf("%s is owned by uid %d, neither this user (uid %d) nor root", what, uid, me), fmt.Sprintf("chown %d %s", me, path)}
 }
 
+// othersCanWrite reports whether anyone but this user (and root) can write
+// the folder fi: group write counts unless the group is this user's own.
+func othersCanWrite(fi os.FileInfo) bool {
+	m := fi.Mode().Perm()
+	_, gid, _ := fileOwner(fi)
+	return m&0o002 != 0 || m&0o020 != 0 && !privateGroup(gid)
+}
+
 // checkFolder checks a folder of a walk: owned by this user or root, and
-// not writable by group or others, unless it is on a read-only file system
-// or (when sticky is allowed) a root-owned sticky folder like /tmp.
-func checkFolder(d *walkDir, of string, sticky bool) error {
+// writable by nobody else, unless it is a root-owned sticky folder like
+// /tmp or on a read-only file system.
+func checkFolder(d *walkDir, of string) error {
 	p := d.path("")
 	what := fmt.Sprintf("folder %q (on the way to %s)", p, of)
 	if err := checkOwner(d.fi, what, p); err != nil {
 		return err
 	}
-	m := d.fi.Mode()
-	if m.Perm()&0o022 == 0 {
+	if !othersCanWrite(d.fi) {
 		return nil
 	}
-	if uid, _ := fileOwner(d.fi); sticky && uid == 0 && m&fs.ModeSticky != 0 || readOnlyDir(d) {
+	if uid, _, _ := fileOwner(d.fi); uid == 0 && d.fi.Mode()&fs.ModeSticky != 0 || readOnlyDir(d) {
 		return nil
 	}
-	return &modeError{fmt.Sprintf("%s is writable by group or others (mode %s)", what, octalMode(m)), "chmod go-w " + p}
+	return &modeError{fmt.Sprintf("%s is writable by group or others (mode %s)", what, octalMode(d.fi.Mode())), "chmod go-w " + p}
+}
+
+// privateGroup reports whether gid is this user's own group with no other
+// member: this user's effective group, named in no one else's /etc/passwd
+// entry nor in /etc/group beside this user. Unreadable files mean no.
+func privateGroup(gid int) bool {
+	if gid != os.Getegid() {
+		return false
+	}
+	passwd, err1 := os.ReadFile("/etc/passwd")
+	group, err2 := os.ReadFile("/etc/group")
+	if err2 != nil && errors.Is(err2, fs.ErrNotExist) {
+		group, err2 = nil, nil // no supplementary groups on this system
+	}
+	return err1 == nil && err2 == nil && soleMember(passwd, group, os.Geteuid(), gid)
+}
+
+// soleMember reports whether, by the passwd and group files given, uid is
+// the only user in group gid.
+func soleMember(passwd, group []byte, uid, gid int) bool {
+	name := ""
+	for line := range strings.Lines(string(passwd)) {
+		f := strings.Split(strings.TrimSpace(line), ":")
+		if len(f) < 4 {
+			continue
+		}
+		u, err1 := strconv.Atoi(f[2])
+		g, err2 := strconv.Atoi(f[3])
+		switch {
+		case err1 != nil || err2 != nil:
+			continue
+		case u == uid:
+			name = f[0]
+		case g == gid:
+			return false // another user's primary group
+		}
+	}
+	for line := range strings.Lines(string(group)) {
+		f := strings.Split(strings.TrimSpace(line), ":")
+		if len(f) < 4 || f[2] != strconv.Itoa(gid) {
+			continue
+		}
+		for m := range strings.SplitSeq(f[3], ",") {
+			if m != "" && m != name {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // readOnlyDir reports whether the open folder d is on a read-only file
@@ -96,7 +160,7 @@ func readOnlyDir(d *walkDir) bool {
 // StrictModes; of names what it leads to, for messages.
 func strictWalk(of string) *pathWalk {
 	return &pathWalk{
-		enter: func(_ *walkDir, _ string, d *walkDir) error { return checkFolder(d, of, true) },
+		enter: func(_ *walkDir, _ string, d *walkDir) error { return checkFolder(d, of) },
 		link: func(dir *walkDir, name string, fi os.FileInfo) error {
 			p := dir.path(name)
 			return checkOwner(fi, fmt.Sprintf("link %q (on the way to %s)", p, of), p)
@@ -126,9 +190,6 @@ func openStrict(path, what string, private bool) (*os.File, error) {
 		return nil, fmt.Errorf("%s is a folder, not a file", what)
 	case fi == nil:
 		return nil, &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
-	}
-	if err := checkFolder(dir, what, false); err != nil {
-		return nil, err
 	}
 	f, st, err := openFileIn(dir, name, fi)
 	if err != nil {

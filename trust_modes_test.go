@@ -82,18 +82,31 @@ func TestStrictModesTrustFile(t *testing.T) {
 			chmod(t, home, 0o777)
 			return home
 		}, "writable by group or others (mode 0777)"},
-		{"home world-writable with the sticky bit", func(t *testing.T, top, home, trust string) string {
+		{"the folder holding it root-owned with the sticky bit, like a memory volume", func(t *testing.T, top, home, trust string) string {
 			chmod(t, home, os.ModeSticky|0o777)
+			return ""
+		}, ""},
+		{"the folder holding it writable by another group", func(t *testing.T, top, home, trust string) string {
+			os.Lchown(home, -1, otherUID)
+			chmod(t, home, 0o770)
 			return home
-		}, "(mode 1777)"},
+		}, "writable by group or others (mode 0770)"},
 		{"a folder above the home owned by another user", func(t *testing.T, top, home, trust string) string {
 			chown(t, top, otherUID)
 			return top
 		}, "is owned by uid 4242"},
 		{"a folder above the home writable by its group", func(t *testing.T, top, home, trust string) string {
+			os.Lchown(top, -1, otherUID)
 			chmod(t, top, 0o775)
 			return top
 		}, "writable by group or others (mode 0775)"},
+		{"a folder above the home writable by this user's own group, under fsGroup", func(t *testing.T, top, home, trust string) string {
+			if !privateGroup(os.Getegid()) {
+				t.Skipf("gid %d has other members here", os.Getegid())
+			}
+			chmod(t, top, os.ModeSetgid|0o775)
+			return ""
+		}, ""},
 		{"a root-owned sticky folder above the home, like /tmp", func(t *testing.T, top, home, trust string) string {
 			chmod(t, top, os.ModeSticky|0o777)
 			return ""
@@ -215,8 +228,13 @@ func TestStrictModesAtStart(t *testing.T) {
 			chmod(t, filepath.Join(home, "work"), 0o777)
 			return ""
 		}, "", filepath.Join("work")},
-		{"the home writable by its group is repaired", func(t *testing.T, home string) string {
+		{"the home writable by another group is repaired", func(t *testing.T, home string) string {
+			os.Lchown(home, -1, otherUID)
 			chmod(t, home, 0o770)
+			return ""
+		}, "", "."},
+		{"a world-writable sticky home is repaired", func(t *testing.T, home string) string {
+			chmod(t, home, os.ModeSticky|0o777)
 			return ""
 		}, "", "."},
 	} {
@@ -279,5 +297,28 @@ func TestStrictModesKeyFolder(t *testing.T) {
 	var me *modeError
 	if !errors.As(err, &me) || !strings.Contains(err.Error(), "chmod go-w "+secret) {
 		t.Fatalf("err %v, want a StrictModes refusal naming %q", err, secret)
+	}
+}
+
+func TestSoleMember(t *testing.T) {
+	passwd := "root:x:0:0:root:/root:/bin/bash\ntentacle:x:10933:10933::/var/lib/tentacle:/usr/sbin/nologin\nbob:x:1000:1000::/home/bob:/bin/sh\n"
+	for _, tt := range []struct {
+		name   string
+		passwd string
+		group  string
+		gid    int
+		want   bool
+	}{
+		{"a user-private group", passwd, "tentacle:x:10933:\nbob:x:1000:\n", 10933, true},
+		{"listing only this user", passwd, "tentacle:x:10933:tentacle\n", 10933, true},
+		{"with another member", passwd, "tentacle:x:10933:tentacle,bob\n", 10933, false},
+		{"another user's primary group", passwd + "eve:x:1001:10933::/:/bin/sh\n", "", 10933, false},
+		{"not in /etc/group at all (fsGroup)", passwd, "", 10933, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := soleMember([]byte(tt.passwd), []byte(tt.group), 10933, tt.gid); got != tt.want {
+				t.Fatalf("soleMember = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
