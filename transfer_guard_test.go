@@ -172,6 +172,16 @@ func TestFileGuardOwnState(t *testing.T) {
 			t.Fatalf("upload %q: %v", p, err)
 		}
 	}
+	// An upload through a link replaces the file it leads to; the link stays.
+	if _, err := upload(c, map[string]any{"path": "outside"}, []byte("through the link")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(out, "plain.txt")); string(got) != "through the link" {
+		t.Fatalf("the link's target holds %q", got)
+	}
+	if fi, err := os.Lstat(filepath.Join(a.cfg.filesDir(), "outside")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the link was replaced: %v", err)
+	}
 
 	t.Run("bind mount of the home", func(t *testing.T) {
 		bind := filepath.Join(t.TempDir(), "bind")
