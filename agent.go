@@ -140,6 +140,9 @@ func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
 	if err := prepareHome(cfg.Home); err != nil {
 		return nil, err
 	}
+	if err := checkHome(cfg, log); err != nil {
+		return nil, err
+	}
 	unlock, err := lockHome(cfg.Home)
 	if err != nil {
 		return nil, err
@@ -173,7 +176,7 @@ func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
 			log.Warn("trust list problem", "problem", p)
 		}
 		if servers == 0 {
-			log.Warn("no trusted servers: nobody can connect yet", "fix", "add one with \""+trustAddCommand(cfg.Home)+"\" (or set TENTACLE_TRUST)", "trust_file", trustPath)
+			log.Warn("no trusted servers: nobody can connect yet", "fix", "add one with \""+trustAddCommand(cfg, "")+"\" (or set TENTACLE_TRUST)", "trust_file", trustPath)
 		} else {
 			log.Info("trust list loaded", "trusted_servers", servers, "trust_file", trustPath)
 		}

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -218,4 +219,79 @@ func prepareHome(home string) error {
 		return fmt.Errorf("home %q is not writable by uid %d (gid %d): give it to that user with \"chown -R %d:%d %s\" (for a bind mount, on the host), run as its owner (docker run --user), or choose another -home", home, uid, gid, uid, gid, home)
 	}
 	return fmt.Errorf("failed to create home %q: %v", home, err)
+}
+
+// checkHome checks, as StrictModes means it (trust_modes.go), the home and
+// every folder above it, and the folders and files the agent keeps in it.
+// One of the agent's that group or others can write is repaired (chmod
+// go-w) and logged: the home itself was safe, so nobody else could have
+// reached into it. One owned by another user is refused, since what that
+// user put there cannot be known (a job's script swapped for a FIFO), and so
+// is an unsafe folder above the home, which is not the agent's to change.
+func checkHome(cfg *config, log *slog.Logger) error {
+	if isWindows {
+		return nil
+	}
+	for _, rel := range []string{".", "work", "files", "packages", filepath.Join("packages", "partial"), "uploads", "apps", "audit.log", "agent.lock"} {
+		if err := checkKept(filepath.Join(cfg.Home, rel), log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkKept checks the home, or one of the folders or files the agent
+// keeps in it, at path (see checkHome). One the operator moved elsewhere and
+// linked is followed: the folders on the way and what it leads to count.
+func checkKept(path string, log *slog.Logger) error {
+	w := strictWalk(fmt.Sprintf("%q", path))
+	defer w.close()
+	dir, name, fi, err := w.resolve(string(filepath.Separator), path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || err == nil && fi == nil:
+		return nil // made later, as the agent makes it
+	case err != nil:
+		return err
+	case name == "":
+		name = "."
+	}
+	return repairMode(dir.root, name, fi, dir.path(name), log)
+}
+
+// repairMode refuses fi (name in root) when another user owns it and takes
+// group and others' write permission away when they have it (a group that
+// is this user's own aside, see privateGroup).
+func repairMode(root *os.Root, name string, fi os.FileInfo, path string, log *slog.Logger) error {
+	if err := checkOwner(fi, fmt.Sprintf("%q in the agent's home", path), path); err != nil {
+		me := err.(*modeError)
+		me.problem += ": what that user put there cannot be trusted"
+		me.fix = "chown -R " + strings.TrimPrefix(me.fix, "chown ")
+		return me
+	}
+	if m := fi.Mode(); othersCanWrite(fi) {
+		fixed := m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky) &^ 0o022
+		if err := root.Chmod(name, fixed); err != nil {
+			return &modeError{fmt.Sprintf("%q is writable by group or others (mode %s) and could not be repaired (%v)", path, octalMode(m), err), "chmod go-w " + path}
+		}
+		log.Warn("repaired a mode: group or others could write here", "path", path, "was", octalMode(m), "now", octalMode(fixed))
+	}
+	return nil
+}
+
+// errLocked is lockFile's answer when another process holds the lock.
+var errLocked = errors.New("locked by another process")
+
+// lockHome locks <home>/agent.lock for the agent's life (see lockFile), so
+// that a second agent on the same home (which would mark the first one's
+// jobs lost and kill them) refuses to start.
+func lockHome(home string) (release func(), err error) {
+	path := filepath.Join(home, "agent.lock")
+	release, err = lockFile(path, 0)
+	switch {
+	case err == errLocked:
+		return nil, fmt.Errorf("another agent is running on home %q (it holds %q): stop it first, or use another -home", home, path)
+	case err != nil:
+		return nil, fmt.Errorf("failed to open lock %q: %v", path, err)
+	}
+	return release, nil
 }

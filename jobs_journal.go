@@ -320,7 +320,7 @@ func (j *job) checkWorkDir() error {
 		if !fi.IsDir() {
 			return fmt.Errorf("job folder %q is not a folder (%v): refusing to use it", dir, fi.Mode().Type())
 		}
-		if uid, ok := fileOwner(fi); ok {
+		if uid, _, ok := fileOwner(fi); ok {
 			if uid != os.Geteuid() {
 				return fmt.Errorf("job folder %q belongs to uid %d, not the agent's uid %d: refusing to use it", dir, uid, os.Geteuid())
 			}

@@ -459,7 +459,7 @@ func (s *server) settle(x *inFlight) {
 			x.err = errorf(kindTooLarge, "the request's body was not read")
 		}
 	}
-	if x.known && x.m.mutates && s.audit != nil {
+	if x.known && (x.m.mutates || x.m.audited) && s.audit != nil {
 		s.audit.record(x.call, x.start, x.err)
 	}
 }

@@ -1,15 +1,20 @@
 package main
 
 // ops_audit.go: the audit trail. Every request to a method that changes
-// something (registered with mutates: true) is appended to <home>/audit.log
-// as one JSON line, whatever its outcome, refusals included: who (peer
-// address, thumbprint, trust entry), what (method and the key parameters the
-// handler chose, never file contents, script text or variable values), how
-// it ended, and how long it took. Reads (ping, info, job.status) are not
-// written, so the log costs them nothing.
+// something (registered with mutates: true), and every file.download
+// (audited: a key or a secret could be read), is appended to
+// <home>/audit.log as one JSON line, whatever its outcome, refusals
+// included: who (peer address, thumbprint, trust entry), what (method and
+// the key parameters the handler chose, never file contents, script text
+// or variable values), how it ended, and how long it took. Other reads
+// (ping, info, job.status) are not written, so the log costs them nothing.
+// Every string in a line is cut at maxAuditString bytes, so a client with
+// long parameters cannot rotate everybody else's lines out of the log.
 //
 // Each line is one write(2) on a file opened with O_APPEND, so lines never
-// interleave, even with another writer. Past AuditMaxSize the file is
+// interleave, even with another writer. A line the disk could take only in
+// part is cut off again, so the log always ends at a line boundary. Past
+// AuditMaxSize the file is
 // rotated, under the same lock as writing, so no line is lost or split:
 // audit.log → audit.log.1 → … → audit.log.N (auditKeep files kept). Lines
 // are not fsynced one by one: the OS writes them out within seconds, and a
@@ -27,10 +32,55 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // auditKeep is how many rotated files (audit.log.1 …) are kept.
 const auditKeep = 5
+
+// maxAuditString bounds each string of an audit line: enough for any real
+// path (which file.* caps at 4096 bytes anyway) to be recognised.
+const maxAuditString = 1024
+
+// clipString cuts s to at most n bytes (at a rune boundary) and says how
+// much was cut.
+func clipString(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s…[%d bytes cut]", s[:cut], len(s)-cut)
+}
+
+// clipValue cuts every string in v, a parameter of c.audit.
+func clipValue(v any) any {
+	switch x := v.(type) {
+	case string:
+		return clipString(x, maxAuditString)
+	case []string:
+		out := make([]string, len(x))
+		for i, s := range x {
+			out[i] = clipString(s, maxAuditString)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = clipValue(e)
+		}
+		return out
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[clipString(k, maxAuditString)] = clipValue(e)
+		}
+		return out
+	}
+	return v
+}
 
 // auditTimeFormat is RFC 3339 in UTC with milliseconds, fixed width so the
 // lines sort and align.
@@ -90,16 +140,18 @@ func (a *auditLog) record(c *call, start time.Time, err error) {
 		Time:       start.UTC().Format(auditTimeFormat),
 		Peer:       c.peer.addr.String(),
 		Thumbprint: c.peer.thumbprint,
-		Method:     c.method,
-		Params:     c.audit,
+		Method:     clipString(c.method, maxAuditString),
 		Outcome:    "ok",
 		DurationMS: float64(time.Since(start).Microseconds()) / 1000,
 	}
+	if c.audit != nil {
+		e.Params = clipValue(c.audit).(map[string]any)
+	}
 	if c.peer.entry != nil {
-		e.Name = c.peer.entry.Name
+		e.Name = clipString(c.peer.entry.Name, maxAuditString)
 	}
 	if err != nil {
-		e.Outcome, e.Error = kindInternal, err.Error()
+		e.Outcome, e.Error = kindInternal, clipString(err.Error(), maxAuditString)
 		var re *rpcError
 		if errors.As(err, &re) {
 			e.Outcome = re.Kind()
@@ -133,6 +185,19 @@ func (a *auditLog) write(line []byte) error {
 		}
 	}
 	n, err := a.f.Write(line)
+	if err != nil && n > 0 {
+		// A full disk took part of the line: cut it off (the file's end, not
+		// a.size, as another writer may have appended), so the next line
+		// does not glue onto half of this one.
+		fi, serr := a.f.Stat()
+		if serr == nil {
+			serr = a.f.Truncate(fi.Size() - int64(n))
+		}
+		if serr != nil {
+			return errors.Join(err, fmt.Errorf("the partial line could not be cut off: %v", serr))
+		}
+		return err
+	}
 	a.size += int64(n)
 	return err
 }
@@ -283,6 +348,10 @@ func cmdAudit(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	path := (&config{Home: *home}).auditPath()
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && len(auditFiles(path)) == 1 {
+		fmt.Fprintf(stderr, "tentacle audit: no audit log in %q: an agent writes %q in its home from its first start, so this is not an agent's home: pass the agent's -home (or set TENTACLE_HOME)\n", *home, filepath.Base(path))
+		return 1
+	}
 	lines, err := lastAuditLines(path, *n)
 	if err != nil {
 		fmt.Fprintf(stderr, "tentacle audit: %v\n", err)

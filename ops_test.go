@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // withMethod is the agent option that serves one more method, beside the
@@ -324,7 +325,8 @@ func TestTailLines(t *testing.T) {
 }
 
 func TestAuditCommandErrors(t *testing.T) {
-	emptyHome := t.TempDir()
+	emptyHome, agentHome := t.TempDir(), t.TempDir()
+	writeFile(t, filepath.Join(agentHome, "audit.log"), nil) // as an agent leaves it before any change
 	tests := []struct {
 		name     string
 		args     []string
@@ -334,7 +336,8 @@ func TestAuditCommandErrors(t *testing.T) {
 		{"negative n", []string{"-home", emptyHome, "-n", "-1"}, 2, "-n must be 0"},
 		{"stray argument", []string{"-home", emptyHome, "x"}, 2, "wrong number of arguments"},
 		{"no such home", []string{"-home", filepath.Join(emptyHome, "nope")}, 1, "no agent home"},
-		{"nothing audited yet", []string{"-home", emptyHome}, 0, "no changing request has been made yet"},
+		{"not an agent's home", []string{"-home", emptyHome}, 1, "no audit log in"},
+		{"nothing audited yet", []string{"-home", agentHome}, 0, "no changing request has been made yet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -849,4 +852,99 @@ func BenchmarkAuditedRequest(b *testing.B) {
 	b.ReportMetric(float64(base.Nanoseconds()), "ns/baseline")
 	b.ReportMetric(float64(audited)/float64(base), "ratio")
 	b.Logf("audited %v, baseline (same method, not audited) %v, ratio %.2f", audited, base, float64(audited)/float64(base))
+}
+
+// TestAuditDownloadsAndLongParams: file.download is audited with its path,
+// refusals included, and no string of a line outgrows maxAuditString, so a
+// client's long parameters cannot flush the log.
+func TestAuditDownloadsAndLongParams(t *testing.T) {
+	a := startAgent(t, testChange)
+	c := a.dial(t)
+	if _, err := upload(c, map[string]any{"path": "x.txt"}, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := download(c, "x.txt"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := download(c, a.cfg.keyPath()); rpcKind(err) != kindForbidden {
+		t.Fatalf("download of the key: %v", err)
+	}
+	long := "/srv/" + strings.Repeat("é", 100<<10)
+	if err := c.call("test.change", map[string]any{"path": long, "fail": kindConflict}, nil); rpcKind(err) != kindConflict {
+		t.Fatal(err)
+	}
+	lines := readAuditLines(t, a.home)
+	if len(lines) != 4 {
+		t.Fatalf("%d audit lines, want 4", len(lines))
+	}
+	x := filepath.Join(a.cfg.filesDir(), "x.txt")
+	if d := lines[1]; d.Method != "file.download" || d.Outcome != "ok" || d.Params["path"] != x || d.Params["size"] != float64(5) || d.Params["sha256"] != shaOf([]byte("hello")) {
+		t.Errorf("download line: %+v", d)
+	}
+	if d := lines[2]; d.Method != "file.download" || d.Outcome != kindForbidden || d.Params["path"] != a.cfg.keyPath() {
+		t.Errorf("refused download line: %+v", d)
+	}
+	raw, _ := os.ReadFile(a.cfg.auditPath())
+	last := raw[bytes.LastIndexByte(raw[:len(raw)-1], '\n')+1:]
+	if len(last) > 3*maxAuditString || !bytes.Contains(last, []byte("bytes cut]")) || !utf8.Valid(last) {
+		t.Fatalf("the long request's line is %d bytes (valid UTF-8: %v): %.300s", len(last), utf8.Valid(last), last)
+	}
+}
+
+// TestAuditFullDisk: an audit line the disk takes only in part is cut off
+// again, so the log ends at a line boundary and the next line, once there
+// is room, is whole.
+func TestAuditFullDisk(t *testing.T) {
+	dir := mountTmpfs(t, "2m")
+	if dir == "" {
+		t.Skip("needs a tmpfs the test can mount (root on Linux)")
+	}
+	a := startAgent(t, testChange, func(c *config) { c.TrustFile, c.Home = homeTrustPath(c.Home), dir })
+	c := a.dial(t)
+	if err := c.call("test.change", map[string]any{"path": "/srv/first"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Leave 40 bytes in audit.log's last page, then fill the disk: the next
+	// line fits only in part.
+	f, err := os.OpenFile(a.cfg.auditPath(), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := f.Stat()
+	padLen := 4096 - int(fi.Size()%4096) - 40
+	if padLen < 200 {
+		padLen += 4096
+	}
+	head, tail := `{"method":"pad","params":{"pad":"`, `"},"outcome":"ok"}`+"\n"
+	pad := head + strings.Repeat("p", padLen-len(head)-len(tail)) + tail
+	if _, err := f.WriteString(pad); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	filler, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := filler.Write(make([]byte, 4096)); err == nil; _, err = filler.Write(make([]byte, 4096)) {
+	}
+	filler.Close()
+	before, _ := os.Stat(a.cfg.auditPath())
+	if err := c.call("test.change", map[string]any{"path": "/srv/on-a-full-disk"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(a.cfg.auditPath())
+	if len(raw) != int(before.Size()) || raw[len(raw)-1] != '\n' {
+		t.Fatalf("audit.log is %d bytes, was %d, and ends in %q: a partial line was left", len(raw), before.Size(), raw[max(0, len(raw)-40):])
+	}
+	if !strings.Contains(a.logs.String(), "failed to write the audit log") {
+		t.Fatalf("the failure was not logged:\n%s", a.logs)
+	}
+	os.Remove(filepath.Join(dir, "filler"))
+	if err := c.call("test.change", map[string]any{"path": "/srv/after"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	lines := readAuditLines(t, a.cfg.Home) // every line parses
+	if l := lines[len(lines)-1]; l.Params["path"] != "/srv/after" {
+		t.Fatalf("last line %+v", l)
+	}
 }

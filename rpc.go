@@ -88,6 +88,7 @@ type method struct {
 	groups  []string // the allow= groups that may call it (any one suffices)
 	body    bool     // takes a body of params.size bytes
 	mutates bool     // changes something, so it is written to the audit log
+	audited bool     // changes nothing but is written to the audit log too (file.download: a key could be read)
 	fn      func(*call) (any, error)
 }
 
@@ -118,7 +119,7 @@ func protocolMethods() map[string]method {
 		"job.list":     {groups: groupRead, fn: handleJobList},
 
 		"file.upload":    {groups: groupFile, body: true, mutates: true, fn: handleFileUpload},
-		"file.download":  {groups: groupFile, fn: handleFileDownload},
+		"file.download":  {groups: groupFile, audited: true, fn: handleFileDownload},
 		"package.stat":   {groups: groupDeploy, fn: handlePackageStat},
 		"package.upload": {groups: groupDeploy, body: true, mutates: true, fn: handlePackageUpload},
 

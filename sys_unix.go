@@ -11,13 +11,13 @@ package main
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"syscall"
+	"time"
 )
 
 // setProcessGroup makes cmd lead a new process group.
@@ -207,28 +207,56 @@ func isReadOnlyFS(err error) bool { return errors.Is(err, syscall.EROFS) }
 // oNoFollow makes an open fail on a symbolic link rather than follow it.
 const oNoFollow = syscall.O_NOFOLLOW
 
-// fileOwner is the uid that owns a file.
-func fileOwner(fi os.FileInfo) (uid int, ok bool) {
+// openNonblock opens a FIFO or a device without waiting for its other end,
+// so that file.* can refuse it at once.
+const openNonblock = syscall.O_NONBLOCK
+
+// fileOwner is the uid and gid that own fi, for StrictModes.
+func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return -1, false
+		return 0, 0, false
 	}
-	return int(st.Uid), true
+	return int(st.Uid), int(st.Gid), true
 }
 
-// lockHome takes an exclusive lock on <home>/agent.lock, so that a second
-// agent on the same home (which would mark the first one's jobs lost and
-// kill them) refuses to start. The kernel drops the lock when the process
-// dies, so a crash leaves nothing stale.
-func lockHome(home string) (release func(), err error) {
-	path := home + string(os.PathSeparator) + "agent.lock"
+// fileDevice is the device (file system) fi lies on.
+func fileDevice(fi os.FileInfo) (uint64, bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, false
+	}
+	return uint64(st.Dev), true
+}
+
+// onReadOnlyFS reports whether the open file f lies on a read-only file
+// system (ST_RDONLY on Linux, MNT_RDONLY on macOS: both 1).
+func onReadOnlyFS(f *os.File) bool {
+	var st syscall.Statfs_t
+	if err := syscall.Fstatfs(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return uint64(st.Flags)&1 != 0
+}
+
+// lockFile takes an exclusive lock on path (created if need be), waiting up
+// to wait for another holder to let go. The kernel drops the lock when the
+// process dies, so a killed holder leaves nothing stale.
+func lockFile(path string, wait time.Duration) (release func(), err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("failed to open lock %q: %v", path, err)
+		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another agent is running on home %q (it holds %q): stop it first, or use another -home", home, path)
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if err != syscall.EWOULDBLOCK || time.Now().After(deadline) {
+			f.Close()
+			return nil, errLocked
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return func() { f.Close() }, nil
 }

@@ -7,11 +7,11 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -120,20 +120,33 @@ func isReadOnlyFS(err error) bool { return false }
 // needs a privilege the agent's users do not hand out.
 const oNoFollow = 0
 
-// fileOwner: Windows files have ACLs, not an owner uid to compare.
-func fileOwner(fi os.FileInfo) (uid int, ok bool) { return -1, false }
+// openNonblock: Windows opens a named pipe without waiting anyway.
+const openNonblock = 0
 
-// lockHome keeps <home>/agent.lock open for the agent's life. On Windows the
-// file is opened without sharing by deleting and recreating it: a second
-// agent fails to delete a file the first holds open.
-func lockHome(home string) (release func(), err error) {
-	path := home + string(os.PathSeparator) + "agent.lock"
-	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-		return nil, fmt.Errorf("another agent is running on home %q (it holds %q): stop it first, or use another -home", home, path)
+// fileOwner: Windows has ACLs, not an owning uid; StrictModes is left to
+// the operator there.
+func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) { return 0, 0, false }
+
+// fileDevice: the volume stands for the device (see spaceBook).
+func fileDevice(fi os.FileInfo) (uint64, bool) { return 0, false }
+
+// onReadOnlyFS: not looked at on Windows.
+func onReadOnlyFS(f *os.File) bool { return false }
+
+// lockFile takes an exclusive lock on path, waiting up to wait for another
+// holder: the file is deleted and created anew, which fails while another
+// process holds it open, and a killed holder's handle is closed by Windows.
+func lockFile(path string, wait time.Duration) (release func(), err error) {
+	deadline := time.Now().Add(wait)
+	for {
+		if err := os.Remove(path); err == nil || os.IsNotExist(err) {
+			if f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+				return func() { f.Close(); os.Remove(path) }, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, errLocked
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("another agent is running on home %q (it holds %q): stop it first, or use another -home", home, path)
-	}
-	return func() { f.Close(); os.Remove(path) }, nil
 }

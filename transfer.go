@@ -23,6 +23,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
 
@@ -119,19 +120,75 @@ func parseMode(s string) (os.FileMode, error) {
 	return os.FileMode(m), nil
 }
 
-// checkSpace answers too_large unless dir's disk can take size more bytes
-// and still keep the reserve free. A disk that cannot report its free space
-// is not refused: the write itself still fails cleanly when it is full.
-func checkSpace(cfg *config, dir string, size int64) error {
+// spaceBook holds, per file system, the bytes that uploads in progress have
+// been promised and not yet written, so that concurrent uploads cannot each
+// pass the free-space check and together fill the disk.
+type spaceBook struct {
+	mu       sync.Mutex       // guards reserved
+	reserved map[string]int64 // file system → bytes promised, not yet written
+}
+
+// reservation is one upload's promised bytes; nil (a disk that cannot
+// report its free space) reserves nothing.
+type reservation struct {
+	book *spaceBook
+	disk string
+	left int64
+}
+
+// reserve answers too_large unless dir's disk can take size more bytes,
+// beyond what other uploads were promised, and still keep the reserve
+// free; else it promises them. A disk that cannot report its free space is
+// not refused: the write itself still fails cleanly when it is full. The
+// caller tells the reservation what it writes and releases it at the end,
+// whatever the outcome.
+func (b *spaceBook) reserve(cfg *config, dir string, fi os.FileInfo, size int64) (*reservation, error) {
 	free, err := freeSpace(dir)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	if size > free-cfg.DiskReserve {
-		return errorf(kindTooLarge, "not enough disk space for %d bytes in %q: %d bytes free, of which %d are kept in reserve (-disk-reserve)",
-			size, dir, max(free, 0), cfg.DiskReserve)
+	disk := filepath.VolumeName(dir)
+	if dev, ok := fileDevice(fi); ok {
+		disk = strconv.FormatUint(dev, 10)
 	}
-	return nil
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	promised := b.reserved[disk]
+	if size > free-cfg.DiskReserve-promised {
+		return nil, errorf(kindTooLarge, "not enough disk space for %d bytes in %q: %d bytes free, of which %d are kept in reserve (-disk-reserve) and %d promised to uploads in progress",
+			size, dir, max(free, 0), cfg.DiskReserve, promised)
+	}
+	if b.reserved == nil {
+		b.reserved = map[string]int64{}
+	}
+	b.reserved[disk] += size
+	return &reservation{book: b, disk: disk, left: size}, nil
+}
+
+// wrote tells the reservation that n of its bytes are now on the disk, so
+// the free space counts them.
+func (r *reservation) wrote(n int) {
+	if r == nil {
+		return
+	}
+	r.book.mu.Lock()
+	defer r.book.mu.Unlock()
+	d := min(int64(n), r.left)
+	r.left -= d
+	r.book.reserved[r.disk] -= d
+}
+
+// release gives back what the upload did not write.
+func (r *reservation) release() {
+	if r == nil {
+		return
+	}
+	r.book.mu.Lock()
+	defer r.book.mu.Unlock()
+	if r.book.reserved[r.disk] -= r.left; r.book.reserved[r.disk] <= 0 {
+		delete(r.book.reserved, r.disk)
+	}
+	r.left = 0
 }
 
 // bodyError describes a body that did not arrive whole. The connection is
@@ -158,28 +215,28 @@ func isTempName(name string) bool {
 	return len(id) == 16 && err == nil
 }
 
-// createTemp makes an upload's temporary file beside path and records it in
-// the journal first, so an agent killed mid-transfer removes it at its next
-// start. done removes the journal record.
-func createTemp(cfg *config, path string) (f *os.File, done func(), err error) {
+// createTemp makes an upload's temporary file beside name in dir and
+// records it in the journal first, so an agent killed mid-transfer removes
+// it at its next start. done removes the journal record.
+func createTemp(cfg *config, dir *walkDir, name string) (f *os.File, done func(), err error) {
 	var id [8]byte
 	rand.Read(id[:])
-	base := filepath.Base(path)
+	base := name
 	if len(base) > 100 {
 		base = base[:100]
 	}
-	tmp := filepath.Join(filepath.Dir(path), tempPrefix+base+tempMarker+hex.EncodeToString(id[:])+tempSuffix)
+	tmp := tempPrefix + base + tempMarker + hex.EncodeToString(id[:]) + tempSuffix
 	rec := filepath.Join(cfg.uploadsDir(), hex.EncodeToString(id[:]))
 	// No fsync: the record must outlive the agent's process, which the page
 	// cache ensures; after a machine crash the temporary file may be left
 	// over, never the destination half-written.
-	if err := os.WriteFile(rec, []byte(tmp+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(rec, []byte(dir.path(tmp)+"\n"), 0o600); err != nil {
 		return nil, nil, err
 	}
-	f, err = os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err = dir.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		os.Remove(rec)
-		return nil, nil, err
+		return nil, nil, walkError("create", dir, tmp, err)
 	}
 	return f, func() { os.Remove(rec) }, nil
 }

@@ -71,14 +71,13 @@ func fmtStamp(dev, ino uint64, size, mtime, ctime int64) string {
 
 // resolvePath turns a client's path into an absolute one: absolute paths as
 // they are (cleaned), relative ones under <home>/files, where ".." may not
-// climb out.
+// climb out. A path too long or too deep is refused before the file system
+// is touched.
 func resolvePath(cfg *config, p string) (string, error) {
-	switch {
-	case p == "":
-		return "", errorf(kindInvalidParams, "path must not be empty")
-	case strings.ContainsRune(p, 0):
-		return "", errorf(kindInvalidParams, "path must not contain a NUL byte")
-	case filepath.IsAbs(p):
+	if err := checkPathShape(p); err != nil {
+		return "", err
+	}
+	if filepath.IsAbs(p) {
 		return filepath.Clean(p), nil
 	}
 	for _, el := range strings.FieldsFunc(p, func(r rune) bool { return r == '/' || r == filepath.Separator }) {
@@ -128,26 +127,34 @@ func handleFileUpload(c *call) (any, error) {
 		return nil, err
 	}
 	c.audit["path"] = path
-	overwrite := p.Overwrite == nil || *p.Overwrite
-	if fi, err := os.Stat(path); err == nil {
-		switch {
-		case fi.IsDir():
-			return nil, errorf(kindConflict, "%q is a folder", path)
-		case !overwrite:
-			return nil, errorf(kindConflict, "%q exists: send overwrite true to replace it", path)
-		case !modeSet:
-			mode = fi.Mode().Perm() // replacing a file keeps its mode unless told otherwise
-		}
-	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	w, dir, name, fi, err := newFileGuard(c.srv.cfg, c.peer.entry).locate(path, true)
+	defer w.close()
+	if err != nil {
 		return nil, ioError(err)
 	}
-	if err := checkSpace(c.srv.cfg, dir, p.Size); err != nil {
+	target := dir.path(name)
+	if target != path {
+		c.audit["resolved"] = target
+	}
+	overwrite := p.Overwrite == nil || *p.Overwrite
+	switch {
+	case name == "" || fi != nil && fi.IsDir():
+		return nil, errorf(kindConflict, "%q is a folder", path)
+	case fi == nil:
+	case !fi.Mode().IsRegular():
+		return nil, errorf(kindConflict, "%q is not a regular file: it is %s", target, fileKind(fi))
+	case !overwrite:
+		return nil, errorf(kindConflict, "%q exists: send overwrite true to replace it", path)
+	case !modeSet:
+		mode = fi.Mode().Perm() // replacing a file keeps its mode unless told otherwise
+	}
+	space, err := c.srv.pkgs.space.reserve(c.srv.cfg, dir.path(""), dir.fi, p.Size)
+	if err != nil {
 		return nil, err
 	}
-	f, done, err := createTemp(c.srv.cfg, path)
+	f, done, err := createTemp(c.srv.cfg, dir, name)
 	if err != nil {
+		space.release()
 		return nil, ioError(err)
 	}
 	defer done()
@@ -158,8 +165,9 @@ func handleFileUpload(c *call) (any, error) {
 			os.Remove(f.Name())
 		}
 	}()
+	defer space.release() // first of the three: once the temporary file is gone, so is its promise
 	h := sha256.New()
-	n, rerr, werr := pipeToFile(f, 0, c.body, p.Size, h, nil)
+	n, rerr, werr := pipeToFile(f, 0, c.body, p.Size, h, space.wrote)
 	switch {
 	case werr != nil:
 		return nil, ioError(werr)
@@ -172,15 +180,18 @@ func handleFileUpload(c *call) (any, error) {
 		return nil, errorf(kindIntegrity, "the body's sha256 is %s, not %s: nothing was written", got, want)
 	}
 	keep = true // commitFile removes it on failure
-	if err := commitFile(f, path, mode, overwrite); err != nil {
+	// target has no link in it, and the temporary file lies in the same
+	// folder: a folder renamed or linked on the way since the walk would
+	// make the rename fail (no such temporary there), never land elsewhere.
+	if err := commitFile(f, target, mode, overwrite); err != nil {
 		if errors.Is(err, os.ErrExist) {
 			return nil, errorf(kindConflict, "%q was created meanwhile: send overwrite true to replace it", path)
 		}
 		return nil, ioError(err)
 	}
 
-	if fi, err := os.Stat(path); err == nil {
-		c.srv.pkgs.rememberSHA(path, fi, got)
+	if fi, err := os.Stat(target); err == nil {
+		c.srv.pkgs.rememberSHA(target, fi, got)
 	}
 	return map[string]any{"path": path, "size": n, "sha256": got}, nil
 }
@@ -192,27 +203,38 @@ func handleFileDownload(c *call) (any, error) {
 	if err := decodeParams(c.params, &p); err != nil {
 		return nil, err
 	}
+	c.audit = map[string]any{"path": p.Path}
 	path, err := resolvePath(c.srv.cfg, p.Path)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
-	if err != nil {
+	c.audit["path"] = path
+	w, dir, name, fi, err := newFileGuard(c.srv.cfg, c.peer.entry).locate(path, false)
+	defer w.close()
+	switch {
+	case err != nil:
 		return nil, ioError(err)
+	case name == "":
+		return nil, errorf(kindNotFound, "%q is not a regular file: it is a folder", path)
+	case fi == nil:
+		return nil, errorf(kindNotFound, "%q does not exist", path)
 	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = errorf(kindNotFound, "%q is not a regular file", path)
+	target := dir.path(name)
+	if target != path {
+		c.audit["resolved"] = target
 	}
+	f, fi, err := openFileIn(dir, name, fi)
 	var sha string
 	if err == nil {
-		sha, err = c.srv.pkgs.fileSHA(path, f, fi)
+		if sha, err = c.srv.pkgs.fileSHA(target, f, fi); err != nil {
+			f.Close()
+		}
 	}
 	if err != nil {
-		f.Close()
 		return nil, ioError(err)
 	}
 	size := fi.Size()
+	c.audit["size"], c.audit["sha256"] = size, sha
 	c.replyBody = func(w io.Writer) error {
 		defer f.Close()
 		return sendFile(w, c.tc, f, size)

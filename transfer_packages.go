@@ -32,6 +32,8 @@ type packageCache struct {
 	busy   map[string]bool         // sha256 → an upload holds it
 	states map[string]partialState // sha256 → hash state of its partial upload
 	hashes map[string]fileHash     // absolute path → sha256 as of a stamp
+
+	space spaceBook // disk space promised to uploads in progress, files and packages
 }
 
 // partialState is the SHA-256 state after the first size bytes of a partial
@@ -278,9 +280,15 @@ func (p *packageCache) receive(c *call, sha string, u packageUploadParams) (any,
 	if u.Offset != kept {
 		return nil, errorf(kindConflict, "package %s has %d bytes kept: resume at offset %d, not %d", sha, kept, kept, u.Offset)
 	}
-	if err := checkSpace(p.cfg, p.partialDir, u.Size); err != nil {
+	dirInfo, err := os.Stat(p.partialDir)
+	if err != nil {
+		return nil, ioError(err)
+	}
+	space, err := p.space.reserve(p.cfg, p.partialDir, dirInfo, u.Size)
+	if err != nil {
 		return nil, err
 	}
+	defer space.release()
 	f, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, ioError(err)
@@ -297,7 +305,7 @@ func (p *packageCache) receive(c *call, sha string, u packageUploadParams) (any,
 	if err != nil {
 		return nil, ioError(err)
 	}
-	n, rerr, werr := pipeToFile(f, kept, c.body, u.Size, h, nil)
+	n, rerr, werr := pipeToFile(f, kept, c.body, u.Size, h, space.wrote)
 	end := kept + n
 	switch {
 	case werr != nil:

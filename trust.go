@@ -22,7 +22,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -108,12 +108,21 @@ func newIdentity(keyPath, certPath string) (*identity, error) {
 }
 
 // loadIdentity reads a key pair, refusing a private key that group or others
-// can read (OpenSSH's StrictModes).
+// can read, or that lies where others could replace it (StrictModes, see
+// trust_modes.go). The key is read from the descriptor that was checked.
 func loadIdentity(keyPath, certPath string) (*identity, error) {
-	if err := checkPrivate(keyPath); err != nil {
-		return nil, err
+	keyPEM, err := readStrict(keyPath, fmt.Sprintf("private key %q", keyPath), true)
+	if err != nil {
+		if me := (*modeError)(nil); errors.As(err, &me) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("failed to load identity %q, %q: %w", certPath, keyPath, err)
 	}
-	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, fmt.Errorf("failed to load identity %q, %q: %w", certPath, keyPath, err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("failed to load identity %q, %q: %v", certPath, keyPath, err)
 	}
@@ -127,38 +136,6 @@ func loadIdentity(keyPath, certPath string) (*identity, error) {
 	return &identity{cert: pair, thumbprint: thumbprint(leaf)}, nil
 }
 
-// checkPrivate refuses a key file that group or others may read. Windows has
-// no such mode bits; its ACLs are left to the operator.
-func checkPrivate(path string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("private key %q is accessible by group or others (mode %04o): fix it with \"chmod 600 %s\"", path, fi.Mode().Perm(), path)
-	}
-	return nil
-}
-
-// checkNotWritable refuses a trust file that group or others may write: they
-// could trust themselves.
-func checkNotWritable(path string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if fi.Mode().Perm()&0o022 != 0 {
-		return fmt.Errorf("trust list %q is writable by group or others (mode %04o), so it trusts nobody: fix it with \"chmod go-w %s\"", path, fi.Mode().Perm(), path)
-	}
-	return nil
-}
-
 // trustEntry is one trusted server: a line of the trust list, a
 // TENTACLE_TRUST thumbprint, or the agent's own key.
 type trustEntry struct {
@@ -166,6 +143,7 @@ type trustEntry struct {
 	Name       string
 	From       []netip.Prefix // empty: any source
 	Allow      []string       // groups; "read" is always included
+	Files      []string       // files=: the folders file.* may reach; empty: all but the agent's own state
 	Expires    time.Time      // zero: never; else the first instant no longer trusted
 	self       bool           // the agent's own key: read only, not a "trusted server"
 }
@@ -246,6 +224,13 @@ func parseTrustLine(line string) (*trustEntry, error) {
 					e.Allow = append(e.Allow, g)
 				}
 			}
+		case "files":
+			for d := range strings.SplitSeq(val, ",") {
+				if !filepath.IsAbs(d) {
+					return nil, fmt.Errorf("files=%q: %q is not an absolute folder", val, d)
+				}
+				e.Files = append(e.Files, filepath.Clean(d))
+			}
 		case "expires":
 			d, err := time.Parse(time.DateOnly, val)
 			if err != nil {
@@ -256,8 +241,28 @@ func parseTrustLine(line string) (*trustEntry, error) {
 			return nil, fmt.Errorf("unknown option %q", key)
 		}
 	}
+	for _, f := range fields[i:] {
+		if k, _, ok := strings.Cut(f, "="); ok && isOptionKey(k) {
+			return nil, fmt.Errorf("%q after the name looks like an option: options go between the thumbprint and the name", f)
+		}
+	}
 	e.Name = strings.Join(fields[i:], " ")
 	return e, nil
+}
+
+// isOptionKey reports whether k has the shape of an option's key: a word
+// of lowercase letters, digits, '-' and '_', so that "THUMB name allow=read"
+// is refused rather than read as a fully trusted "name allow=read".
+func isOptionKey(k string) bool {
+	if k == "" || k[0] < 'a' || k[0] > 'z' {
+		return false
+	}
+	for _, r := range k {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // trustList is one parse of the trust sources. Problems lists malformed
@@ -271,8 +276,12 @@ type trustList struct {
 // readTrustFile parses a trust file. A missing file is an empty list; an
 // unreadable or unsafe one trusts nobody and is reported.
 func readTrustFile(path string, into *trustList) {
-	f, err := os.Open(path)
+	f, err := openStrict(path, fmt.Sprintf("trust list %q", path), false)
 	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if me := (*modeError)(nil); errors.As(err, &me) {
+		into.problems = append(into.problems, fmt.Sprintf("%s, so it trusts nobody: fix it with \"%s\"", me.problem, me.fix))
 		return
 	}
 	if err != nil {
@@ -280,10 +289,6 @@ func readTrustFile(path string, into *trustList) {
 		return
 	}
 	defer f.Close()
-	if err := checkNotWritable(path); err != nil {
-		into.problems = append(into.problems, err.Error())
-		return
-	}
 	parsed, problems, err := parseTrustFile(io.LimitReader(f, maxTrustFile+1), path)
 	if err != nil {
 		into.problems = append(into.problems, fmt.Sprintf("failed to read trust list %q, so it trusts nobody: %v", path, err))
@@ -365,7 +370,9 @@ func (a fileStamp) same(b fileStamp) bool {
 	if a.fi == nil || b.fi == nil {
 		return a.fi == nil && b.fi == nil && errors.Is(a.err, fs.ErrNotExist) == errors.Is(b.err, fs.ErrNotExist)
 	}
-	return os.SameFile(a.fi, b.fi) && a.fi.Size() == b.fi.Size() && a.fi.ModTime().Equal(b.fi.ModTime()) && a.fi.Mode() == b.fi.Mode()
+	// fileVersion adds the ctime where there is one: a chown changes it.
+	return os.SameFile(a.fi, b.fi) && a.fi.Size() == b.fi.Size() && a.fi.ModTime().Equal(b.fi.ModTime()) && a.fi.Mode() == b.fi.Mode() &&
+		fileVersion(a.fi) == fileVersion(b.fi)
 }
 
 // trustStore is the live trust decision: the file, re-read whenever it

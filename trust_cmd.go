@@ -23,7 +23,7 @@ import (
 
 const usageTrust = `
 Usage:
-  tentacle trust add [-home DIR] [-trust-file FILE] [-from CIDRS] [-allow GROUPS] [-expires DATE] THUMBPRINT|CERT.pem [NAME...]
+  tentacle trust add [-home DIR] [-trust-file FILE] [-from CIDRS] [-allow GROUPS] [-files DIRS] [-expires DATE] THUMBPRINT|CERT.pem [NAME...]
   tentacle trust remove [-home DIR] [-trust-file FILE] THUMBPRINT|NAME
   tentacle trust list [-home DIR] [-trust-file FILE]
 
@@ -32,11 +32,15 @@ this agent accepts. Changes take effect at once, without a restart; removing
 an entry also cuts that server's open connections at their next request.
 add takes a thumbprint (64 hex digits, any case, ':' allowed) or a PEM
 certificate file; adding a thumbprint that is already there replaces its line.
-Comments and other lines are kept as they are.
+Comments and other lines are kept as they are. Edits wait for each other
+(a lock file beside the trust list), so none is lost. The home must exist
+(the agent makes it at its first start), so a mistyped -home is an error
+rather than a new, unused trust list.
 
 Example:
   tentacle trust add 3F2A…9C build-server-1
   tentacle trust add -from 10.1.0.0/16 -allow read,deploy -expires 2027-06-30 server.pem release pipeline
+  tentacle trust add -allow file -files /srv/app/config,/var/log/app 5B01…9A config pusher
   tentacle trust remove build-server-1
 `
 
@@ -53,12 +57,13 @@ func cmdTrust(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("trust "+sub, usageTrust, stderr)
 	home := homeFlag(fs)
 	trustFile := fs.String("trust-file", os.Getenv("TENTACLE_TRUST_FILE"), "edit this trust list `file` instead of <home>/trusted_servers (env TENTACLE_TRUST_FILE)")
-	var from, allow, expires *string
+	var from, allow, files, expires *string
 	min, max := 0, 0
 	switch sub {
 	case "add":
 		from = fs.String("from", "", "only from these `CIDRs` (comma-separated)")
 		allow = fs.String("allow", "", "only these method `groups`: read, script, file, deploy, jobs (comma-separated)")
+		files = fs.String("files", "", "file.* only within these absolute `folders` (comma-separated)")
 		expires = fs.String("expires", "", "trusted until the end of this `date` (YYYY-MM-DD, UTC)")
 		min, max = 1, -1
 	case "remove":
@@ -68,18 +73,23 @@ func cmdTrust(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	path := cmp.Or(*trustFile, homeTrustPath(*home))
+	cfg := &config{Home: *home, TrustFile: *trustFile}
+	path := cfg.trustPath()
 	if real, err := filepath.EvalSymlinks(path); err == nil {
 		path = real
 	}
-	var err error
-	switch sub {
-	case "list":
-		err = listTrust(path, stdout, stderr)
-	case "add":
-		err = addTrust(path, rest[0], strings.Join(rest[1:], " "), *from, *allow, *expires, stderr)
-	case "remove":
-		err = removeTrust(path, rest[0], stderr)
+	err := checkTrustDir(cfg, path)
+	if err == nil {
+		switch sub {
+		case "list":
+			err = listTrust(cfg, path, stdout, stderr)
+		case "add":
+			err = editTrust(path, func(lines []string) ([]string, error) {
+				return addTrust(lines, path, rest[0], strings.Join(rest[1:], " "), [][2]string{{"from", *from}, {"allow", *allow}, {"files", *files}, {"expires", *expires}}, stderr)
+			})
+		case "remove":
+			err = editTrust(path, func(lines []string) ([]string, error) { return removeTrust(lines, path, rest[0], stderr) })
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "tentacle trust %s: %v\n", sub, err)
@@ -88,29 +98,62 @@ func cmdTrust(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// readTrustLines returns the trust file's lines, as they are (no file: none).
-func readTrustLines(path string) ([]string, os.FileMode, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, 0o644, nil
+// checkTrustDir refuses to work on a trust list whose home (or, with
+// -trust-file, folder) does not exist: a mistyped -home would otherwise
+// make a new home whose trust list no agent reads.
+func checkTrustDir(cfg *config, path string) error {
+	if cfg.TrustFile == "" {
+		if fi, err := os.Stat(cfg.Home); err != nil || !fi.IsDir() {
+			return fmt.Errorf("no agent home %q: pass the agent's -home (or set TENTACLE_HOME); an agent makes its home at its first start (\"tentacle run -home DIR\")", cfg.Home)
+		}
+		return nil
 	}
-	if err != nil {
-		return nil, 0, err
+	if dir := filepath.Dir(path); !dirExists(dir) {
+		return fmt.Errorf("no folder %q for the trust list %q: check -trust-file (or TENTACLE_TRUST_FILE)", dir, cfg.TrustFile)
 	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	text := strings.TrimSuffix(string(data), "\n")
-	if text == "" {
-		return nil, fi.Mode().Perm() &^ 0o022, nil
-	}
-	return strings.Split(text, "\n"), fi.Mode().Perm() &^ 0o022, nil
+	return nil
 }
 
-// writeTrustLines rewrites the trust file atomically.
-func writeTrustLines(path string, lines []string, perm os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+// trustLockWait is how long an edit waits for another one to finish.
+const trustLockWait = 30 * time.Second
+
+// editTrust rewrites the trust list at path with edit, holding the lock
+// file beside it (<path>.lock) from the read to the rename, so concurrent
+// edits wait for each other and none is lost. Temporary copies a killed
+// edit left behind are removed under the same lock.
+func editTrust(path string, edit func(lines []string) ([]string, error)) error {
+	lock := path + ".lock"
+	release, err := lockFile(lock, trustLockWait)
+	if err == errLocked {
+		return fmt.Errorf("another trust edit has held %q for %v: wait for it to finish", lock, trustLockWait)
+	}
+	if err != nil {
+		return fmt.Errorf("failed to lock the trust list: %v", err)
+	}
+	defer release()
+	dir, tmp := filepath.Dir(path), "."+filepath.Base(path)+".tmp" // writeFileAtomic's temporary names
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tmp) && e.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	data, err := os.ReadFile(path)
+	perm := os.FileMode(0o644)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	default:
+		if fi, err := os.Stat(path); err == nil {
+			perm = fi.Mode().Perm() &^ 0o022
+		}
+	}
+	var lines []string
+	if text := strings.TrimSuffix(string(data), "\n"); text != "" {
+		lines = strings.Split(text, "\n")
+	}
+	if lines, err = edit(lines); err != nil {
 		return err
 	}
 	var b bytes.Buffer
@@ -153,30 +196,28 @@ func thumbprintArg(arg string) (string, error) {
 	return "", fmt.Errorf("%q holds no PEM certificate", arg)
 }
 
-func addTrust(path, arg, name, from, allow, expires string, w io.Writer) error {
+// addTrust adds (or replaces) the entry for arg (a thumbprint or a
+// certificate file) with opts (option, value) and name.
+func addTrust(lines []string, path, arg, name string, opts [][2]string, w io.Writer) ([]string, error) {
 	tp, err := thumbprintArg(arg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fields := []string{tp}
-	for _, o := range [][2]string{{"from", from}, {"allow", allow}, {"expires", expires}} {
+	for _, o := range opts {
 		if o[1] != "" {
 			fields = append(fields, o[0]+"="+o[1])
 		}
 	}
 	if strings.ContainsAny(name, "\n\r") {
-		return errors.New("the name must be on one line")
+		return nil, errors.New("the name must be on one line")
 	}
 	if name != "" {
 		fields = append(fields, name)
 	}
 	line := strings.Join(fields, " ")
 	if _, err := parseTrustLine(line); err != nil {
-		return err
-	}
-	lines, perm, err := readTrustLines(path)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	verb := "added"
 	replaced := false
@@ -192,18 +233,12 @@ func addTrust(path, arg, name, from, allow, expires string, w io.Writer) error {
 	if !replaced {
 		lines = append(lines, line)
 	}
-	if err := writeTrustLines(path, lines, perm); err != nil {
-		return err
-	}
 	fmt.Fprintf(w, "%s %s in %q\n", verb, line, path)
-	return nil
+	return lines, nil
 }
 
-func removeTrust(path, arg string, w io.Writer) error {
-	lines, perm, err := readTrustLines(path)
-	if err != nil {
-		return err
-	}
+// removeTrust removes the entries for arg, a thumbprint or a name.
+func removeTrust(lines []string, path, arg string, w io.Writer) ([]string, error) {
 	tp, _ := parseThumbprint(arg)
 	var kept []string
 	removed := 0
@@ -217,12 +252,12 @@ func removeTrust(path, arg string, w io.Writer) error {
 		kept = append(kept, l)
 	}
 	if removed == 0 {
-		return fmt.Errorf("no entry with thumbprint or name %q in %q", arg, path)
+		return nil, fmt.Errorf("no entry with thumbprint or name %q in %q", arg, path)
 	}
-	return writeTrustLines(path, kept, perm)
+	return kept, nil
 }
 
-func listTrust(path string, stdout, stderr io.Writer) error {
+func listTrust(cfg *config, path string, stdout, stderr io.Writer) error {
 	l := &trustList{}
 	readTrustFile(path, l)
 	env, err := parseTrustEnv(os.Getenv("TENTACLE_TRUST"))
@@ -249,24 +284,43 @@ func listTrust(path string, stdout, stderr io.Writer) error {
 		if len(e.Allow) < len(methodGroups) {
 			opts = append(opts, "allow="+strings.Join(e.Allow, ","))
 		}
+		if len(e.Files) > 0 {
+			opts = append(opts, "files="+strings.Join(e.Files, ","))
+		}
 		if !e.Expires.IsZero() {
 			opts = append(opts, "expires="+e.Expires.AddDate(0, 0, -1).Format(time.DateOnly))
 		}
 		fmt.Fprintf(stdout, "%s  %s  %s\n", e.Thumbprint, strings.Join(opts, " "), e.Name)
 	}
 	if len(keys) == 0 {
-		fmt.Fprintf(stderr, "no trusted servers in %q: add one with \"tentacle trust add THUMBPRINT\"\n", path)
+		fmt.Fprintf(stderr, "no trusted servers in %q: add one with \"%s\"\n", path, trustAddCommand(cfg, ""))
 	}
 	return nil
 }
 
-// trustAddCommand is the command that trusts a server in home, as a user
-// would type it.
-func trustAddCommand(home string) string {
-	if home == defaultHome() {
-		return "tentacle trust add THUMBPRINT"
+// trustAddCommand is the command that trusts the server with thumbprint tp
+// ("": a placeholder) on the agent of cfg, as a user would type it: with
+// -home and -trust-file when they are not the defaults, so that it edits
+// that agent's list even when run as another user (root's default home is
+// /var/lib/tentacle).
+func trustAddCommand(cfg *config, tp string) string {
+	cmd := "tentacle trust add"
+	if cfg.TrustFile != "" {
+		cmd += " -trust-file " + shellWord(cfg.TrustFile)
+	} else if cfg.Home != defaultHome() {
+		cmd += " -home " + shellWord(cfg.Home)
 	}
-	return fmt.Sprintf("tentacle trust add -home %s THUMBPRINT", home)
+	return cmd + " " + cmp.Or(tp, "THUMBPRINT")
+}
+
+// shellWord quotes s for a POSIX shell when it needs it.
+func shellWord(s string) string {
+	if s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+:,=@%", r))
+	}) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 const usageNewCertificate = `

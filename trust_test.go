@@ -62,7 +62,12 @@ func TestParseTrustLine(t *testing.T) {
 				e.Expires.Equal(time.Date(2027, 7, 1, 0, 0, 0, 0, time.UTC)) && e.Name == "release pipeline"
 		}},
 		{"bare address in from", tpA + " from=10.0.0.1 x", "", func(e *trustEntry) bool { return e.From[0].Bits() == 32 }},
-		{"option-like words after the name", tpA + " name with a=b inside", "", func(e *trustEntry) bool { return e.Name == "name with a=b inside" }},
+		{"option after the name", tpA + " build allow=read", `"allow=read" after the name looks like an option`, nil},
+		{"option-like word after the name", tpA + " name with a=b inside", `"a=b" after the name looks like an option`, nil},
+		{"other words with = in the name", tpA + " pipeline (A=1) 2+2=4", "", func(e *trustEntry) bool { return e.Name == "pipeline (A=1) 2+2=4" && len(e.Allow) == 4 }},
+		{"files", tpA + " files=/srv/app,/etc/app/ x", "", func(e *trustEntry) bool { return strings.Join(e.Files, ",") == "/srv/app,/etc/app" }},
+		{"relative files", tpA + " files=srv x", `"srv" is not an absolute folder`, nil},
+		{"empty files", tpA + " files= x", `"" is not an absolute folder`, nil},
 		{"unknown option", tpA + " colour=blue x", `unknown option "colour"`, nil},
 		{"case-variant option", tpA + " FROM=10.0.0.0/8", `unknown option "FROM"`, nil},
 		{"bad cidr", tpA + " from=10.0.0.0/33", "is not a CIDR", nil},
