@@ -156,6 +156,9 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	if *mutex != "" {
 		params["mutex"] = *mutex
 	}
+	if c.fan != nil {
+		return c.fanExec(params)
+	}
 
 	f := c.follower(rest[0])
 	cc := c.dial(f.addr)
@@ -164,15 +167,10 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	}
 	f.setConn(cc)
 	defer f.close()
-	var started struct {
-		Ticket string `json:"ticket"`
-		State  string `json:"state"`
-	}
-	if err := cc.call("script.start", params, &started); err != nil {
+	if _, err := f.start("script.start", params); err != nil {
 		c.fail(err)
 		return exitNoJob
 	}
-	f.ticket = started.Ticket
 	stopSignals := f.handleInterrupt()
 	defer stopSignals()
 	st, err := f.follow()
@@ -479,6 +477,9 @@ func cmdJobs(args []string, stdout, stderr io.Writer) int {
 	c := newClientCmd("jobs", usageJobs, stdout, stderr)
 	if code, ok := c.parse(args, 1, 1); !ok {
 		return code
+	}
+	if c.fan != nil {
+		return c.fanJobs()
 	}
 	cc := c.dial(c.args[0])
 	if cc == nil {
