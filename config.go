@@ -60,6 +60,7 @@ type config struct {
 	ExtractMaxFile int64         // entries a package may hold
 	PackageGrace   time.Duration // an undeployed package survives pruning this long
 	AuditMaxSize   int64         // audit.log is rotated past this size
+	JobMaxLog      int64         // bytes of one job's log on disk; past it output is dropped
 
 	// extraMethods are methods beyond the protocol's table, served as if
 	// they were in it: the server's option for tests (see withMethod in
@@ -129,6 +130,7 @@ func runFlags(fs *flag.FlagSet) *config {
 	fs.Int64Var(&c.ExtractMaxFile, "extract-max-files", 200000, "`entries` a package may hold")
 	fs.DurationVar(&c.PackageGrace, "package-grace", 24*time.Hour, "keep an undeployed package at least this `long`")
 	fs.Int64Var(&c.AuditMaxSize, "audit-max-size", 64<<20, "rotate audit.log past this many `bytes`")
+	fs.Int64Var(&c.JobMaxLog, "job-max-log", 256<<20, "keep at most this many `bytes` of one job's output; the rest is dropped")
 	return c
 }
 

@@ -26,8 +26,15 @@ func handleDeployStart(c *call) (any, error) {
 		Retain    *int              `json:"retain"`
 		TimeoutS  float64           `json:"timeout_s"`
 		Shell     string            `json:"shell"`
+		Ticket    string            `json:"ticket"`
 	}
 	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	fp := p
+	fp.Ticket = "" // the ticket names the job; the rest must match
+	origin, err := c.jobOrigin(p.Ticket, fp)
+	if err != nil {
 		return nil, err
 	}
 	if err := checkName("app", p.App); err != nil {
@@ -76,13 +83,13 @@ func handleDeployStart(c *call) (any, error) {
 	c.audit = map[string]any{"app": p.App, "version": p.Version, "package": sha, "format": p.Format,
 		"retain": retain, "timeout_s": p.TimeoutS, "shell": p.Shell, "variables": names}
 	spec := deploySpec{app: p.App, version: p.Version, sha: sha, format: p.Format, vars: p.Variables,
-		retain: retain, interp: interp, ext: ext}
-	j, err := c.srv.apps.start(spec, time.Duration(p.TimeoutS*float64(time.Second)))
+		retain: retain, interp: interp, ext: ext, origin: origin}
+	j, fresh, err := c.srv.apps.start(spec, time.Duration(p.TimeoutS*float64(time.Second)))
 	if err != nil {
 		return nil, err
 	}
 	c.audit["ticket"] = j.ticket()
-	return map[string]string{"ticket": j.ticket(), "state": j.startState()}, nil
+	return startAnswer(j, fresh), nil
 }
 
 // releaseInfo is one release as deploy.list shows it.

@@ -22,29 +22,32 @@ type deploySpec struct {
 	vars                      map[string]string
 	retain                    int
 	interp, ext               string
+	origin                    jobOrigin // ticket, client, parameters' fingerprint
 }
 
 // start checks the package is in the cache, keeps it from pruning until the
 // deploy ends, and starts the deploy job.
-func (d *deployManager) start(spec deploySpec, timeout time.Duration) (*job, error) {
+func (d *deployManager) start(spec deploySpec, timeout time.Duration) (*job, bool, error) {
 	if _, ok := d.pkgs.path(spec.sha); !ok {
-		return nil, errorf(kindNotFound, "package %s is not in the agent's cache: push it first (tentacle push, or tentacle deploy does it)", spec.sha)
+		return nil, false, errorf(kindNotFound, "package %s is not in the agent's cache: push it first (tentacle push, or tentacle deploy does it)", spec.sha)
 	}
 	d.hold(spec.sha, 1)
-	j, err := d.jobs.start(jobSpec{
-		Kind:    "deploy",
-		Mutex:   "deploy:" + spec.app,
-		Full:    true,
-		Timeout: timeout,
+	j, fresh, err := d.jobs.start(jobSpec{
+		jobOrigin: spec.origin,
+		Kind:      "deploy",
+		Mutex:     "deploy:" + spec.app,
+		Full:      true,
+		Timeout:   timeout,
 		Run: func(j *job) error {
 			defer d.hold(spec.sha, -1)
 			return d.run(j, spec)
 		},
+		LogAttrs: []any{"app", spec.app, "version", spec.version},
 	})
-	if err != nil {
+	if err != nil || !fresh { // nothing started (a retried start answers with the first one's job)
 		d.hold(spec.sha, -1)
 	}
-	return j, err
+	return j, fresh, err
 }
 
 // deployError is a failed deploy's error, naming the phase it failed in.

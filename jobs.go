@@ -5,9 +5,12 @@ package main
 // own goroutine, runs processes in their own process groups, and keeps its
 // state (in the journal) and output (in <home>/work/<ticket>/.tentacle/) on
 // disk, so that it outlives the connection that started it and, once
-// finished, the agent (see jobstore.go).
+// finished, the agent (see jobs_journal.go). A job belongs to the client
+// that started it (see jobViewer in jobs_control.go), and a client may name
+// it itself, so that a start can be sent again safely (see start).
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -49,13 +52,24 @@ var (
 // not take it.
 const metaDir = ".tentacle"
 
+// jobOrigin is the part of a job's start that comes from the request: who
+// asks, under which ticket, with which parameters (see call.jobOrigin).
+type jobOrigin struct {
+	Ticket      string // chosen by the client (PROTOCOL §5 retried starts); "" mints one
+	Fingerprint string // digest of the start's parameters, which a retried start must repeat
+	Owner       string // the client's thumbprint: the job is its own (see jobViewer)
+	Client      string // the client's trust-entry name, for the agent's log
+}
+
 // jobSpec describes a job to start.
 type jobSpec struct {
-	Kind    string             // "script" or "deploy"
-	Mutex   string             // mutex name ("" means "default")
-	Full    bool               // isolation full: runs alone within Mutex (reader-writer rule)
-	Timeout time.Duration      // 0: none; counted from when the job starts running; on expiry the job's context is cancelled and outcome is timed_out
-	Run     func(j *job) error // the job's body, run in its own goroutine once admitted
+	jobOrigin
+	Kind     string             // "script" or "deploy"
+	Mutex    string             // mutex name ("" means "default")
+	Full     bool               // isolation full: runs alone within Mutex (reader-writer rule)
+	Timeout  time.Duration      // 0: none; counted from when the job starts running; on expiry the job's context is cancelled and outcome is timed_out
+	Run      func(j *job) error // the job's body, run in its own goroutine once admitted
+	LogAttrs []any              // added to the agent's "job finished" line (a deploy's app and version)
 }
 
 // jobManager runs and remembers jobs.
@@ -70,12 +84,13 @@ type jobManager struct {
 	journal *jobJournal
 	pool    *dirPool
 
-	mu      sync.Mutex // guards jobs, queue, holds, closing
-	jobs    map[string]*job
-	queue   []*job // waiting for their mutex, in arrival order
-	holds   map[string]*mutexHold
-	closing bool
-	running sync.WaitGroup // admitted jobs whose body has not returned
+	mu       sync.Mutex // guards jobs, starting, queue, holds, closing
+	jobs     map[string]*job
+	starting map[string]chan struct{} // tickets being started, closed once in jobs (or failed)
+	queue    []*job                   // waiting for their mutex, in arrival order
+	holds    map[string]*mutexHold
+	closing  bool
+	running  sync.WaitGroup // admitted jobs whose body has not returned
 }
 
 // mutexHold is who holds one mutex: shared (isolation none) jobs or one
@@ -87,16 +102,20 @@ type mutexHold struct {
 
 // job is one script or deploy.
 type job struct {
-	m       *jobManager
-	id      string
-	kind    string
-	mutex   string
-	full    bool
-	timeout time.Duration
-	run     func(*job) error
-	dir     string // the work directory
-	meta    string // dir/.tentacle
-	log     *jobLog
+	m           *jobManager
+	id          string
+	kind        string
+	mutex       string
+	full        bool
+	owner       string // the starting client's thumbprint ("" for jobs from before owners)
+	client      string // its trust-entry name
+	fingerprint string // digest of the start's parameters
+	logAttrs    []any
+	timeout     time.Duration
+	run         func(*job) error
+	dir         string // the work directory
+	meta        string // dir/.tentacle
+	log         *jobLog
 
 	smu sync.Mutex // serialises writes of the job's state to the journal
 
@@ -113,6 +132,9 @@ type job struct {
 	pgid     int           // the running process's group, for the journal
 	changed  chan struct{} // closed at the next change; made only when someone waits
 	removed  bool          // completed or reaped: its files are gone
+	blocked  time.Time     // when it first had to wait for another job's hold on its mutex
+	logCut   bool          // output past -job-max-log was dropped
+	logErr   string        // why output could not be written, if it could not
 }
 
 // exitCodeError is a script's non-zero exit: the job failed, and the exit
@@ -126,7 +148,7 @@ func newJobManager(cfg *config, log *slog.Logger) (*jobManager, error) {
 	m := &jobManager{
 		cfg: cfg, log: log, base: base, kill: kill,
 		stop: make(chan struct{}), done: make(chan struct{}),
-		jobs: map[string]*job{}, holds: map[string]*mutexHold{},
+		jobs: map[string]*job{}, starting: map[string]chan struct{}{}, holds: map[string]*mutexHold{},
 	}
 	if err := os.MkdirAll(cfg.workDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create the work folder %q: %v", cfg.workDir(), err)
@@ -146,49 +168,66 @@ func newTicket() string {
 	return hex.EncodeToString(b[:])
 }
 
-// validTicket also keeps any other string away from the file system.
+// validTicket reports whether s can be a ticket: 16 to 64 of a-z 0-9 -
+// (PROTOCOL §5), which the minted form is too. It also keeps any other
+// string away from the file system: a ticket names a work directory.
 func validTicket(s string) bool {
-	if len(s) != 16 {
+	if len(s) < 16 || len(s) > 64 {
 		return false
 	}
-	for _, c := range s {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
+	return !strings.ContainsFunc(s, func(c rune) bool { return (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' })
 }
 
 func (m *jobManager) newJob(id, kind, mutex string, full bool) *job {
 	dir := filepath.Join(m.cfg.workDir(), id)
 	j := &job{m: m, id: id, kind: kind, mutex: mutex, full: full, dir: dir, meta: filepath.Join(dir, metaDir)}
 	j.log = newJobLog(filepath.Join(j.meta, "log.jsonl"), j.notify)
+	j.log.max = m.cfg.JobMaxLog
 	return j
 }
 
-// start persists the job (queued or running) and returns at once.
-func (m *jobManager) start(spec jobSpec) (*job, error) {
+func errJobsClosing() error {
+	return errorf(kindConflict, "the agent is shutting down: start the job again once it is back")
+}
+
+// start persists the job (queued or running) and returns at once. A start
+// whose ticket names a job already there starts nothing: if that job was
+// started by the same client with the same parameters it is returned with
+// fresh false (a retried start, PROTOCOL §5), else the start is conflict.
+func (m *jobManager) start(spec jobSpec) (j *job, fresh bool, err error) {
 	if spec.Run == nil || spec.Kind == "" {
-		return nil, errors.New("jobSpec needs Kind and Run")
+		return nil, false, errors.New("jobSpec needs Kind and Run")
+	}
+	if spec.Ticket != "" && !validTicket(spec.Ticket) {
+		return nil, false, errorf(kindInvalidParams, "ticket %q: want 16 to 64 of a-z 0-9 -", spec.Ticket)
 	}
 	if spec.Mutex == "" {
 		spec.Mutex = "default"
 	}
-	j := m.newJob(newTicket(), spec.Kind, spec.Mutex, spec.Full)
+	id, old, err := m.reserve(cmp.Or(spec.Ticket, newTicket()), spec)
+	if old != nil || err != nil {
+		return old, false, err
+	}
+	j = m.newJob(id, spec.Kind, spec.Mutex, spec.Full)
+	j.owner, j.client, j.fingerprint, j.logAttrs = spec.Owner, spec.Client, spec.Fingerprint, spec.LogAttrs
 	j.timeout, j.run = spec.Timeout, spec.Run
 	j.state, j.created = stateQueued, time.Now().UTC()
-	m.mu.Lock()
-	closing := m.closing
-	m.mu.Unlock()
-	if closing {
-		return nil, errorf(kindConflict, "the agent is shutting down: start the job again once it is back")
+	abandon := func(err error) (*job, bool, error) {
+		m.mu.Lock()
+		m.unreserveLocked(id)
+		m.mu.Unlock()
+		return nil, false, err
 	}
 	if err := m.pool.take(j.dir); err != nil {
-		return nil, ioError(err)
+		return abandon(ioError(err))
+	}
+	if err := j.checkWorkDir(); err != nil {
+		discardDir(m.cfg.workDir(), j.dir)
+		return abandon(ioError(err))
 	}
 	if err := j.save(); err != nil {
 		discardDir(m.cfg.workDir(), j.dir)
-		return nil, ioError(err)
+		return abandon(ioError(err))
 	}
 	m.mu.Lock()
 	if m.closing {
@@ -198,24 +237,71 @@ func (m *jobManager) start(spec jobSpec) (*job, error) {
 		j.mu.Unlock()
 		m.journal.remove(j.id)
 		discardDir(m.cfg.workDir(), j.dir)
-		return nil, errorf(kindConflict, "the agent is shutting down: start the job again once it is back")
+		return abandon(errJobsClosing())
 	}
 	m.jobs[j.id] = j
+	m.unreserveLocked(id)
 	m.queue = append(m.queue, j)
 	admitted := m.admitLocked()
 	var why string
 	if !slices.Contains(admitted, j) {
 		why = m.blockerLocked(j)
+		j.mu.Lock()
+		j.blocked = time.Now().UTC()
+		j.mu.Unlock()
 	}
 	m.mu.Unlock()
 	if why != "" {
 		j.logf("waiting for mutex %q: %s", j.mutex, why)
 	}
-	m.log.Info("job queued", "ticket", j.id, "kind", j.kind, "mutex", j.mutex, "full", j.full)
+	m.log.Debug("job queued", "ticket", j.id, "kind", j.kind, "mutex", j.mutex, "full", j.full, "client", j.client)
 	for _, a := range admitted {
 		m.launch(a)
 	}
-	return j, nil
+	return j, true, nil
+}
+
+// reserve claims ticket id for a new job (a minted one that is taken is
+// minted again) and returns the ticket claimed, or returns the job a
+// retried start of spec names. Starts of one ticket are serialised: a
+// second waits until the first is in jobs (or has failed), then looks again.
+func (m *jobManager) reserve(id string, spec jobSpec) (string, *job, error) {
+	for {
+		m.mu.Lock()
+		if m.closing {
+			m.mu.Unlock()
+			return "", nil, errJobsClosing()
+		}
+		if old := m.jobs[id]; old != nil && !old.isRemoved() {
+			m.mu.Unlock()
+			if spec.Ticket == "" { // a minted ticket met another: mint again
+				id = newTicket()
+				continue
+			}
+			if old.kind == spec.Kind && old.owner == spec.Owner && old.fingerprint == spec.Fingerprint {
+				return id, old, nil
+			}
+			// The same answer whoever holds the ticket: it tells another
+			// client nothing it could not learn by starting a job.
+			return "", nil, errorf(kindConflict, "ticket %q is taken by another job: a retried start must repeat the first one's parameters; use a new ticket for a new job", id)
+		}
+		if wait := m.starting[id]; wait != nil {
+			m.mu.Unlock()
+			<-wait
+			continue
+		}
+		m.starting[id] = make(chan struct{})
+		m.mu.Unlock()
+		return id, nil, nil
+	}
+}
+
+// unreserveLocked ends reserve's claim on id. m.mu held.
+func (m *jobManager) unreserveLocked(id string) {
+	if wait := m.starting[id]; wait != nil {
+		close(wait)
+		delete(m.starting, id)
+	}
 }
 
 // admitLocked admits queued jobs whose mutex allows them, in order: a full
@@ -283,17 +369,20 @@ func (m *jobManager) blockerLocked(j *job) string {
 
 // launch runs an admitted job's body.
 func (m *jobManager) launch(j *job) {
+	// Only a job that had to wait for another job's hold on its mutex says
+	// so: time spent on its own start (a slow disk, a busy journal) is not
+	// waiting for a mutex.
 	j.mu.Lock()
-	waited := j.started.Sub(j.created)
+	blocked, started := j.blocked, j.started
 	j.mu.Unlock()
-	if waited > 100*time.Millisecond {
-		j.logf("mutex %q acquired after waiting %s", j.mutex, waited.Round(time.Millisecond))
+	if !blocked.IsZero() {
+		j.logf("mutex %q acquired after waiting %s", j.mutex, started.Sub(blocked).Round(time.Millisecond))
 	}
 	if err := j.save(); err != nil {
 		m.log.Error("failed to save job state", "ticket", j.id, "err", err)
 	}
 	j.notify()
-	m.log.Info("job started", "ticket", j.id, "kind", j.kind)
+	m.log.Debug("job started", "ticket", j.id, "kind", j.kind, "client", j.client)
 	go func() {
 		defer m.running.Done()
 		var timer *time.Timer
@@ -321,7 +410,7 @@ func (j *job) runBody() (err error) {
 			err = fmt.Errorf("internal error: %v", r)
 		}
 	}()
-	if err := os.MkdirAll(j.dir, 0o700); err != nil {
+	if err := j.checkWorkDir(); err != nil {
 		return err
 	}
 	return j.run(j)
@@ -345,7 +434,7 @@ func (m *jobManager) finish(j *job, err error) {
 	}
 	j.cancel(errJobFinished)
 	j.end(outcome)
-	m.log.Info("job finished", "ticket", j.id, "kind", j.kind, "outcome", outcome)
+	m.logFinished(j)
 
 	m.mu.Lock()
 	if h := m.holds[j.mutex]; h != nil {
@@ -382,7 +471,31 @@ func (j *job) end(outcome string) {
 	j.notify()
 }
 
+// logFinished writes the agent's one INFO line for a finished job.
+func (m *jobManager) logFinished(j *job) {
+	j.mu.Lock()
+	var ran time.Duration
+	if !j.started.IsZero() {
+		ran = j.finished.Sub(j.started)
+	}
+	attrs := []any{"ticket", j.id, "kind", j.kind, "outcome", j.outcome, "duration", ran.Round(time.Millisecond), "client", j.client}
+	if j.logCut {
+		attrs = append(attrs, "log_truncated", true)
+	}
+	if j.logErr != "" {
+		attrs = append(attrs, "log_error", j.logErr)
+	}
+	j.mu.Unlock()
+	m.log.Info("job finished", append(attrs, j.logAttrs...)...)
+}
+
 func (j *job) ticket() string { return j.id }
+
+func (j *job) isRemoved() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.removed
+}
 
 // currentState is the job's state now.
 func (j *job) currentState() string {
@@ -428,22 +541,6 @@ func (j *job) setExitCode(code int) {
 	j.mu.Unlock()
 }
 
-// logf writes one "agent" log line (split like output if long).
-func (j *job) logf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	var texts [][]byte
-	for _, line := range strings.Split(msg, "\n") {
-		splitText([]byte(line), func(piece []byte) { texts = append(texts, piece) })
-	}
-	j.appendLog("agent", texts)
-}
-
-func (j *job) appendLog(stream string, texts [][]byte) {
-	if err := j.log.append(stream, time.Now(), texts); err != nil {
-		j.m.log.Error("failed to write a job's log: its output is being lost", "ticket", j.id, "err", err)
-	}
-}
-
 // notify wakes whoever waits for a change of the job (a log line, a state).
 func (j *job) notify() {
 	j.mu.Lock()
@@ -454,7 +551,7 @@ func (j *job) notify() {
 	j.mu.Unlock()
 }
 
-// save writes the job's state to the journal (see jobstore.go).
+// save writes the job's state to the journal (see jobs_journal.go).
 func (j *job) save() error {
 	j.smu.Lock()
 	defer j.smu.Unlock()
@@ -471,6 +568,7 @@ func (j *job) saveLocked() error {
 	st := jobState{
 		Ticket: j.id, Kind: j.kind, Mutex: j.mutex, Full: j.full, State: j.state, Outcome: j.outcome,
 		ExitCode: j.exitCode, Created: j.created, PGID: j.pgid, Result: j.result,
+		Owner: j.owner, Client: j.client, Fingerprint: j.fingerprint, LogTruncated: j.logCut, LogError: j.logErr,
 	}
 	if !j.started.IsZero() {
 		st.Started = &j.started
@@ -480,168 +578,4 @@ func (j *job) saveLocked() error {
 	}
 	j.mu.Unlock()
 	return j.m.journal.put(st)
-}
-
-// get finds a job by ticket.
-func (m *jobManager) get(ticket string) (*job, error) {
-	if validTicket(ticket) {
-		m.mu.Lock()
-		j := m.jobs[ticket]
-		m.mu.Unlock()
-		if j != nil {
-			return j, nil
-		}
-	}
-	return nil, errorf(kindNotFound, "no job %q (finished jobs are forgotten once completed, or after %s)", ticket, m.cfg.JobRetention)
-}
-
-// cancelJob cancels a queued job (it never starts) or a running one (its
-// process group is stopped); a finished job is left as it is.
-func (m *jobManager) cancelJob(j *job, by string) {
-	m.mu.Lock()
-	i := slices.Index(m.queue, j)
-	var admitted []*job
-	if i >= 0 {
-		m.queue = slices.Delete(m.queue, i, i+1)
-		// Later jobs may have waited only because this one was first.
-		admitted = m.admitLocked()
-	}
-	m.mu.Unlock()
-	if i >= 0 {
-		j.logf("cancelled by %s before it started", by)
-		j.end(outcomeCancelled)
-		m.log.Info("job finished", "ticket", j.id, "kind", j.kind, "outcome", outcomeCancelled)
-	} else {
-		j.mu.Lock()
-		running := j.state == stateRunning && j.ctx.Err() == nil
-		j.mu.Unlock()
-		if running {
-			j.logf("cancelled by %s", by)
-			j.cancel(errJobCancelled)
-		}
-	}
-	for _, a := range admitted {
-		m.launch(a)
-	}
-}
-
-// remove forgets a finished job and deletes its work directory. The
-// folder is out of sight before the job reads as gone, so whoever sees
-// not_found also finds no folder; a status read meanwhile waits on smu.
-func (m *jobManager) remove(j *job) error {
-	j.smu.Lock()
-	// The journal first: a crash from here on leaves a folder the journal
-	// does not know, which the next start removes.
-	err := m.journal.remove(j.id)
-	if derr := discardDir(m.cfg.workDir(), j.dir); err == nil {
-		err = derr
-	}
-	j.mu.Lock()
-	j.removed = true
-	j.mu.Unlock()
-	j.smu.Unlock()
-	m.mu.Lock()
-	delete(m.jobs, j.id)
-	m.mu.Unlock()
-	j.notify()
-	return err
-}
-
-// shutdown waits for running jobs until ctx is done, then kills them: they
-// end cancelled with an agent line saying why. Queued jobs are cancelled at
-// once: they would never start.
-func (m *jobManager) shutdown(ctx context.Context) {
-	m.mu.Lock()
-	m.closing = true
-	queued := m.queue
-	m.queue = nil
-	var running []*job
-	for _, h := range m.holds {
-		running = append(running, h.shared...)
-		if h.full != nil {
-			running = append(running, h.full)
-		}
-	}
-	m.mu.Unlock()
-	for _, j := range queued {
-		j.logf("the agent shut down before this job could start")
-		j.end(outcomeCancelled)
-	}
-	waited := make(chan struct{})
-	go func() { m.running.Wait(); close(waited) }()
-	start := time.Now()
-	select {
-	case <-waited:
-	case <-ctx.Done():
-		for _, j := range running {
-			if j.context().Err() == nil {
-				j.logf("the agent is shutting down and waited %s for this job: stopping it", time.Since(start).Round(time.Second))
-			}
-		}
-		m.log.Warn("stopping jobs still running at shutdown", "jobs", len(running))
-		m.kill(errAgentShutdown)
-		<-waited
-	}
-	close(m.stop)
-	<-m.done
-	m.pool.close()
-	m.journal.close()
-}
-
-// reaper removes finished jobs nobody completed once JobRetention has
-// passed, so lost clients cannot fill the disk with work directories.
-func (m *jobManager) reaper() {
-	defer close(m.done)
-	every := min(max(m.cfg.JobRetention/4, 10*time.Millisecond), time.Minute)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		m.reap(time.Now())
-		select {
-		case <-t.C:
-		case <-m.stop:
-			return
-		}
-	}
-}
-
-func (m *jobManager) reap(now time.Time) {
-	m.mu.Lock()
-	var old []*job
-	for _, j := range m.jobs {
-		j.mu.Lock()
-		if j.state == stateDone && now.Sub(j.finished) >= m.cfg.JobRetention {
-			old = append(old, j)
-		}
-		j.mu.Unlock()
-	}
-	m.mu.Unlock()
-	for _, j := range old {
-		err := m.remove(j)
-		m.log.Info("reaped job nobody completed", "ticket", j.id, "kind", j.kind, "retention", m.cfg.JobRetention, "err", err)
-	}
-}
-
-// list returns every job, oldest first, as job.list shows them.
-func (m *jobManager) list() []jobListItem {
-	m.mu.Lock()
-	items := make([]jobListItem, 0, len(m.jobs))
-	for _, j := range m.jobs {
-		j.mu.Lock()
-		it := jobListItem{Ticket: j.id, Kind: j.kind, State: j.state, Started: timeString(j.started), created: j.created}
-		if j.outcome != "" {
-			o := j.outcome
-			it.Outcome = &o
-		}
-		j.mu.Unlock()
-		items = append(items, it)
-	}
-	m.mu.Unlock()
-	slices.SortFunc(items, func(a, b jobListItem) int {
-		if c := a.created.Compare(b.created); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Ticket, b.Ticket)
-	})
-	return items
 }

@@ -205,6 +205,9 @@ func jobExitCode(st *statusReply) (int, string) {
 		if st.ExitCode != nil && *st.ExitCode > 0 && *st.ExitCode <= 255 {
 			return *st.ExitCode, ""
 		}
+		if st.LogError != "" {
+			return 1, "failed: its output could not all be written on the agent: " + st.LogError
+		}
 		return 1, "failed"
 	case outcomeTimedOut:
 		return exitTimedOut, "timed out"
@@ -236,6 +239,9 @@ type statusReply struct {
 	Logs     []logEntry      `json:"logs"`
 	Next     int64           `json:"next"`
 	Result   json.RawMessage `json:"result"`
+
+	LogTruncated bool   `json:"log_truncated"`
+	LogError     string `json:"log_error"`
 }
 
 // follower streams one job's log to stdout and stderr, reconnecting when

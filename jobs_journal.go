@@ -1,6 +1,6 @@
 package main
 
-// jobstore.go: where jobs live on disk. Job states are lines in a journal,
+// jobs_journal.go: where jobs live on disk. Job states are lines in a journal,
 // <home>/work/jobs.journal; each job has a work directory
 // <home>/work/<ticket>/ with the agent's files (log, script) in .tentacle/.
 //
@@ -15,7 +15,9 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,18 +27,24 @@ import (
 
 // jobJournal is the job states: an append-only file of JSON lines, one per
 // change of a job's state. The last line of a ticket is its state; a line
-// {"ticket":…,"removed":true} forgets it. A line is one write(2) on a file
-// opened with O_APPEND, so a crash of the agent leaves whole lines; a line
-// cut short by a power loss is ignored, leaving that job's previous state.
-// The journal is rewritten (temporary file and rename) when it has grown
-// well past the number of jobs it describes.
+// {"ticket":…,"removed":true} forgets it. An append is one write(2) on a
+// file opened with O_APPEND, so a crash of the agent leaves whole lines; a
+// line cut short by a power loss is ignored, leaving that job's previous
+// state. A failed append (the disk is full) is cut off again, so the file
+// always ends at a line boundary and a later line is never glued onto half
+// of this one; the changes it held are written with the next append that
+// succeeds. The journal is rewritten (temporary file and rename) when it
+// has grown well past the number of jobs it describes.
 type jobJournal struct {
 	path string
 
-	mu    sync.Mutex        // guards f, lines, live
-	f     *os.File          // opened for appending
-	lines int               // lines in the file
-	live  map[string][]byte // each known job's last line, for rewriting
+	mu      sync.Mutex        // guards the fields below
+	f       *os.File          // opened for appending
+	size    int64             // bytes of whole lines in the file
+	torn    bool              // a failed append could not be cut off: cut before the next
+	lines   int               // lines in the file
+	live    map[string][]byte // each known job's last line, for rewriting
+	unsaved map[string]bool   // tickets whose last change a failed append lost
 }
 
 // journalRecord is one line: a state, or a removal.
@@ -48,9 +56,9 @@ type journalRecord struct {
 // openJournal reads the journal at path and returns it with the states it
 // holds, rewritten without the history.
 func openJournal(path string) (*jobJournal, map[string]jobState, error) {
-	jr := &jobJournal{path: path, live: map[string][]byte{}}
+	jr := &jobJournal{path: path, live: map[string][]byte{}, unsaved: map[string]bool{}}
 	states := map[string]jobState{}
-	if f, err := os.Open(path); err == nil {
+	if f, err := os.OpenFile(path, os.O_RDONLY|oNoFollow, 0); err == nil {
 		sc := bufio.NewScanner(f)
 		sc.Buffer(make([]byte, 64<<10), 16<<20)
 		for sc.Scan() {
@@ -91,26 +99,51 @@ func (jr *jobJournal) put(st jobState) error {
 	jr.mu.Lock()
 	defer jr.mu.Unlock()
 	jr.live[st.Ticket] = b
-	return jr.appendLocked(b)
+	return jr.appendLocked(st.Ticket)
 }
 
 // remove forgets a job.
 func (jr *jobJournal) remove(ticket string) error {
-	b, _ := json.Marshal(map[string]any{"ticket": ticket, "removed": true})
 	jr.mu.Lock()
 	defer jr.mu.Unlock()
 	delete(jr.live, ticket)
-	return jr.appendLocked(b)
+	return jr.appendLocked(ticket)
 }
 
-func (jr *jobJournal) appendLocked(line []byte) error {
+// lineLocked is the line that records ticket's last change: its state, or
+// its removal. jr.mu held.
+func (jr *jobJournal) lineLocked(ticket string) []byte {
+	if b, ok := jr.live[ticket]; ok {
+		return b
+	}
+	b, _ := json.Marshal(map[string]any{"ticket": ticket, "removed": true})
+	return b
+}
+
+// appendLocked writes ticket's last change, after those of earlier failed
+// appends, in one write. jr.mu held.
+func (jr *jobJournal) appendLocked(ticket string) error {
 	if jr.f == nil {
 		return fmt.Errorf("the job journal %q is closed", jr.path)
 	}
-	if _, err := jr.f.Write(append(line, '\n')); err != nil {
+	jr.unsaved[ticket] = true
+	if jr.torn {
+		if err := jr.f.Truncate(jr.size); err != nil {
+			return err
+		}
+		jr.torn = false
+	}
+	var b []byte
+	for t := range jr.unsaved {
+		b = append(append(b, jr.lineLocked(t)...), '\n')
+	}
+	if _, err := jr.f.Write(b); err != nil {
+		jr.torn = jr.f.Truncate(jr.size) != nil
 		return err
 	}
-	jr.lines++
+	jr.size += int64(len(b))
+	jr.lines += len(jr.unsaved)
+	clear(jr.unsaved)
 	if jr.lines > 4*len(jr.live)+1024 {
 		return jr.rewriteLocked()
 	}
@@ -127,20 +160,26 @@ func (jr *jobJournal) rewriteLocked() error {
 	if err := writeFileAtomic(jr.path, b, 0o600); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(jr.path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(jr.path, os.O_WRONLY|os.O_APPEND|oNoFollow, 0)
 	if err != nil {
 		return err
 	}
 	if jr.f != nil {
 		jr.f.Close()
 	}
-	jr.f, jr.lines = f, len(jr.live)
+	jr.f, jr.size, jr.lines, jr.torn = f, int64(len(b)), len(jr.live), false
+	clear(jr.unsaved)
 	return nil
 }
 
+// close closes the journal, writing it whole first if some change is not in
+// it yet (an append failed and none has succeeded since).
 func (jr *jobJournal) close() {
 	jr.mu.Lock()
 	defer jr.mu.Unlock()
+	if len(jr.unsaved) > 0 && jr.f != nil {
+		jr.rewriteLocked()
+	}
 	if jr.f != nil {
 		jr.f.Close()
 		jr.f = nil
@@ -158,8 +197,9 @@ const (
 const fillDelay = 20 * time.Millisecond
 
 // dirPool keeps a few work directories ready, each with its .tentacle
-// folder and an empty log and sh script, so that starting a job renames
-// one into place instead of creating four things on the request's path.
+// folder and an empty log, so that starting a job renames one into place
+// instead of creating three things on the request's path. The script is
+// not made ahead: it is created, never opened, when the job runs.
 type dirPool struct {
 	root  string
 	ready chan string   // ready directories
@@ -247,7 +287,7 @@ func makeSpareDir(root string) (string, error) {
 	for _, f := range []struct {
 		name string
 		perm os.FileMode
-	}{{"script.sh", 0o700}, {"log.jsonl", 0o600}} {
+	}{{"log.jsonl", 0o600}} {
 		if err == nil {
 			var fh *os.File
 			if fh, err = os.OpenFile(filepath.Join(meta, f.name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, f.perm); err == nil {
@@ -260,6 +300,36 @@ func makeSpareDir(root string) (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// checkWorkDir makes sure the job's folder and its .tentacle are real
+// folders of the agent's own user that nobody else can write, before
+// anything is written or run in them: with a work folder another user could
+// write, a job folder swapped for one of hers ran her script (issue 11).
+func (j *job) checkWorkDir() error {
+	for _, dir := range []string{j.dir, j.meta} {
+		fi, err := os.Lstat(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = os.Mkdir(dir, 0o700); err == nil {
+				fi, err = os.Lstat(dir)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("job folder %q is not a folder (%v): refusing to use it", dir, fi.Mode().Type())
+		}
+		if uid, ok := fileOwner(fi); ok {
+			if uid != os.Geteuid() {
+				return fmt.Errorf("job folder %q belongs to uid %d, not the agent's uid %d: refusing to use it", dir, uid, os.Geteuid())
+			}
+			if fi.Mode().Perm()&0o022 != 0 {
+				return fmt.Errorf("job folder %q is writable by group or others (mode %04o): refusing to use it", dir, fi.Mode().Perm())
+			}
+		}
+	}
+	return nil
 }
 
 // discardDir removes a work directory: renamed out of the way at once (so
@@ -297,6 +367,12 @@ type jobState struct {
 	Finished *time.Time      `json:"finished,omitempty"`
 	PGID     int             `json:"pgid,omitempty"`
 	Result   json.RawMessage `json:"result,omitempty"`
+
+	Owner        string `json:"owner,omitempty"`       // the starting client's thumbprint
+	Client       string `json:"client,omitempty"`      // its trust-entry name
+	Fingerprint  string `json:"fingerprint,omitempty"` // digest of the start's parameters
+	LogTruncated bool   `json:"log_truncated,omitempty"`
+	LogError     string `json:"log_error,omitempty"`
 }
 
 // loadJobs reads the jobs of an earlier run from the journal. Finished
@@ -326,15 +402,16 @@ func (m *jobManager) loadJobs() error {
 	for id, st := range states {
 		j := m.newJob(id, st.Kind, st.Mutex, st.Full)
 		j.state, j.outcome, j.exitCode, j.created, j.result = st.State, st.Outcome, st.ExitCode, st.Created, st.Result
+		j.owner, j.client, j.fingerprint, j.logCut, j.logErr = st.Owner, st.Client, st.Fingerprint, st.LogTruncated, st.LogError
 		if st.Started != nil {
 			j.started = *st.Started
 		}
 		if st.Finished != nil {
 			j.finished = *st.Finished
 		}
-		if err := j.log.load(); err != nil {
-			m.log.Warn("unreadable job log", "ticket", j.id, "err", err)
-		}
+		// Start-up does not read job logs (a kept 2 GiB log once held the
+		// port shut for 21.9 s): each is looked at when first used.
+		j.log.lazy = true
 		if j.state != stateDone {
 			if n := killLeftovers(st.PGID, j.id); n > 0 {
 				j.logf("killed %d process(es) left over in process group %d", n, st.PGID)
@@ -345,7 +422,7 @@ func (m *jobManager) loadJobs() error {
 				j.logf("the agent stopped while this job was running: its outcome is unknown")
 			}
 			j.end(outcomeLost)
-			m.log.Warn("job lost: the agent stopped while it was queued or running", "ticket", j.id, "kind", j.kind)
+			m.log.Warn("job lost: the agent stopped while it was queued or running", "ticket", j.id, "kind", j.kind, "client", j.client)
 		}
 		m.jobs[j.id] = j
 	}

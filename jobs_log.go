@@ -1,14 +1,18 @@
 package main
 
-// joblog.go: a job's output log. On disk it is an append-only file of JSON
-// lines, one an entry, written exactly as job.status answers them
+// jobs_log.go: a job's output log. On disk it is an append-only file of
+// JSON lines, one an entry, written exactly as job.status answers them
 // ({"seq":…,"stream":…,"text":…,"time":…}), so that reading needs no
 // re-encoding. In memory a job keeps only the log's extent and a bounded
 // index of offsets, so output of any size leaves the agent's memory flat.
+// A log from an earlier run is not read at start-up: its extent is found
+// from its end when it is first used, and its index is built by the reads
+// that pass over it.
 
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"io"
@@ -16,7 +20,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 const (
@@ -33,9 +36,20 @@ const (
 	// is dropped and the spacing doubles, so a reader scans at most about
 	// 1/maxCheckpoints of the log to find its place.
 	maxCheckpoints = 4096
+	// tailWindow is how much of a log's end is read to find its last whole
+	// entry: more than the longest entry (maxLogLine of text, each byte
+	// escaped in at most six).
+	tailWindow = 1 << 20
+	// maxMemLog bounds the agent lines a log keeps in memory once its file
+	// cannot be written (the disk is full).
+	maxMemLog = 64 << 10
 	// timeLayout is RFC 3339 in UTC with milliseconds.
 	timeLayout = "2006-01-02T15:04:05.000Z07:00"
 )
+
+// errLogCut is append's report that output reached the log's cap and the
+// rest is dropped.
+var errLogCut = errors.New("the job's output reached -job-max-log")
 
 // logMark is a place in the log: the entry seq starts at byte off.
 type logMark struct{ seq, off int64 }
@@ -44,27 +58,44 @@ type logMark struct{ seq, off int64 }
 type jobLog struct {
 	path     string
 	onAppend func() // called after entries are added (wakes long-polls)
+	max      int64  // bytes of entries on disk past which output (not agent lines) is dropped; 0: no cap
+	lazy     bool   // a log of an earlier run, whose extent is found on first use
 
-	wmu  sync.Mutex // serialises appends: guards f, buf, werr
+	once    sync.Once // finds a lazy log's extent
+	loadErr error
+
+	wmu  sync.Mutex // serialises appends: guards f, buf, cut, werr
 	f    *os.File   // opened for appending on first use
 	buf  []byte
-	werr error // the first write error, reported once
+	cut  bool  // output reached max: it is dropped from then on
+	werr error // the first write error: output is dropped from then on
 
-	mu      sync.Mutex // guards the extent and the index below
+	mu      sync.Mutex // guards the extent, the index and mem below
 	last    int64      // seq of the last entry
-	size    int64      // bytes of whole entries
+	size    int64      // bytes of whole entries in the file
+	indexed int64      // the checkpoints cover the entries before this offset
 	every   int64      // a checkpoint every this many entries
 	marks   []logMark  // checkpoints, by seq
 	cursors [8]logMark // where recent answers ended, so followers resume without scanning
 	cursorN int
+	mem     [][]byte // agent entries after the file's that could not be written, served from here
 }
 
 func newJobLog(path string, onAppend func()) *jobLog {
 	return &jobLog{path: path, onAppend: onAppend, every: 256}
 }
 
-// extent returns the last seq and the log's size in whole entries.
+// ensure finds a lazy log's extent, once.
+func (l *jobLog) ensure() error {
+	if l.lazy {
+		l.once.Do(func() { l.loadErr = l.load() })
+	}
+	return l.loadErr
+}
+
+// extent returns the last seq and the log's size in whole entries on disk.
 func (l *jobLog) extent() (last, size int64) {
+	l.ensure()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.last, l.size
@@ -72,30 +103,30 @@ func (l *jobLog) extent() (last, size int64) {
 
 // append writes one entry per text in one write, assigning seqs. texts are
 // raw output (at most maxLogLine bytes each); invalid UTF-8 is replaced.
-// Errors are reported once through the returned value and the entries are
-// dropped: a job must not block because its log cannot be written.
+// Output past the cap is dropped (errLogCut, reported once). A failed
+// write is cut off the file, reported once, and stops the output from
+// being written from then on; agent lines are then kept in memory, so the
+// agent can still say what happened. A job never blocks on its log.
 func (l *jobLog) append(stream string, now time.Time, texts [][]byte) error {
 	if len(texts) == 0 {
 		return nil
 	}
+	lerr := l.ensure()
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if l.f == nil {
-		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-		if err != nil {
-			return l.fail(err)
-		}
-		l.f = f
+	output := stream != "agent"
+	if output && (l.cut || l.werr != nil) {
+		return nil // dropped, as the log said when it began
 	}
-	last, size := l.extent()
+	l.mu.Lock()
+	last, size := l.last, l.size
+	l.mu.Unlock()
 	stamp := now.UTC().AppendFormat(nil, timeLayout)
 	b := l.buf[:0]
 	var marks []logMark
+	n := 0
 	for i, t := range texts {
-		seq := last + 1 + int64(i)
-		if (seq-1)%256 == 0 { // every is a multiple of 256; addMark keeps the right ones
-			marks = append(marks, logMark{seq, size + int64(len(b))})
-		}
+		seq, start := last+1+int64(i), len(b)
 		b = append(b, `{"seq":`...)
 		b = strconv.AppendInt(b, seq, 10)
 		b = append(b, `,"stream":"`...)
@@ -105,35 +136,69 @@ func (l *jobLog) append(stream string, now time.Time, texts [][]byte) error {
 		b = append(b, `,"time":"`...)
 		b = append(b, stamp...)
 		b = append(b, "\"}\n"...)
+		if output && l.max > 0 && size+int64(len(b)) > l.max {
+			b = b[:start]
+			break
+		}
+		if (seq-1)%256 == 0 { // every is a multiple of 256; addMark keeps the right ones
+			marks = append(marks, logMark{seq, size + int64(start)})
+		}
+		n++
 	}
 	if cap(b) <= 256<<10 {
 		l.buf = b // keep a modest buffer for the next batch, not a huge one
 	}
-	if _, err := l.f.Write(b); err != nil {
-		// Cut a partial write off so the file holds whole entries only.
-		l.f.Truncate(size)
-		return l.fail(err)
+	var err error
+	if n < len(texts) {
+		l.cut, err = true, errLogCut
+	}
+	if n == 0 {
+		return err
+	}
+	if l.werr == nil && lerr != nil {
+		l.werr = lerr
+		err = lerr
+	}
+	if l.werr == nil && l.f == nil {
+		l.f, l.werr = os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|oNoFollow, 0o600)
+		err = cmp.Or(l.werr, err)
+	}
+	if l.werr == nil {
+		if _, werr := l.f.Write(b); werr != nil {
+			// Cut a partial write off so the file holds whole entries only.
+			l.f.Truncate(size)
+			l.werr, err = werr, werr
+		}
 	}
 	l.mu.Lock()
-	l.last = last + int64(len(texts))
-	l.size = size + int64(len(b))
-	for _, m := range marks {
-		l.addMark(m)
+	switch {
+	case l.werr == nil:
+		if l.indexed == size { // an index built by reads covers only what they passed
+			for _, m := range marks {
+				l.addMark(m)
+			}
+			l.indexed = size + int64(len(b))
+		}
+		l.last, l.size = last+int64(n), size+int64(len(b))
+	case !output && memBytes(l.mem)+len(b) <= maxMemLog:
+		for line := range bytes.Lines(b) {
+			l.mem = append(l.mem, bytes.Clone(line[:len(line)-1]))
+		}
+		l.last = last + int64(n)
 	}
 	l.mu.Unlock()
 	if l.onAppend != nil {
 		l.onAppend()
 	}
-	return nil
+	return err
 }
 
-// fail remembers a write error and returns it the first time only.
-func (l *jobLog) fail(err error) error {
-	if l.werr != nil {
-		return nil
+func memBytes(lines [][]byte) int {
+	n := 0
+	for _, l := range lines {
+		n += len(l) + 1
 	}
-	l.werr = err
-	return err
+	return n
 }
 
 // addMark adds a checkpoint, thinning the index when it is full. l.mu held.
@@ -155,13 +220,30 @@ func (l *jobLog) addMark(m logMark) {
 }
 
 // closeWriter closes the append handle (the job has finished writing).
+// Agent lines kept in memory are written once more, for the space a full
+// disk may have got back since.
 func (l *jobLog) closeWriter() {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if l.f != nil {
-		l.f.Close()
-		l.f = nil
+	if l.f == nil {
+		return
 	}
+	l.mu.Lock()
+	mem, size := l.mem, l.size
+	l.mu.Unlock()
+	// Cut first: the failed write's own cut may have failed too.
+	if len(mem) > 0 && l.f.Truncate(size) == nil {
+		b := append(bytes.Join(mem, []byte("\n")), '\n')
+		if _, err := l.f.Write(b); err != nil {
+			l.f.Truncate(size)
+		} else {
+			l.mu.Lock()
+			l.size, l.mem = size+int64(len(b)), nil
+			l.mu.Unlock()
+		}
+	}
+	l.f.Close()
+	l.f = nil
 }
 
 // start returns where to begin reading for entries after seq after: the
@@ -194,49 +276,80 @@ func (l *jobLog) start(after int64) logMark {
 	return best
 }
 
-// read returns the entries after seq after, within the first size bytes of
-// the log, bounded by maxAnswerEntries and maxAnswerBytes, and the seq to
-// continue after.
-func (l *jobLog) read(after, size int64) ([]json.RawMessage, int64, error) {
-	l.mu.Lock()
-	from := l.start(after)
-	l.mu.Unlock()
-	if from.off >= size {
-		return nil, after, nil
-	}
-	f, err := os.Open(l.path)
-	if err != nil {
+// read returns the entries after seq after, bounded by maxAnswerEntries
+// and maxAnswerBytes, and the seq to continue after. Checkpoints for the
+// part of the file it is first to pass over are added to the index.
+func (l *jobLog) read(after int64) ([]json.RawMessage, int64, error) {
+	if err := l.ensure(); err != nil {
 		return nil, after, err
 	}
-	defer f.Close()
-	br := bufio.NewReaderSize(io.NewSectionReader(f, from.off, size-from.off), 64<<10)
+	l.mu.Lock()
+	from := l.start(after)
+	last, size, indexed, mem := l.last, l.size, l.indexed, l.mem
+	l.mu.Unlock()
+	if after >= last {
+		return nil, after, nil
+	}
 	var out []json.RawMessage
-	next, bytesOut, off := after, 0, from.off
-	for len(out) < maxAnswerEntries && (bytesOut < maxAnswerBytes || len(out) == 0) {
-		line, err := readLogLine(br)
-		if err == io.EOF {
-			break
-		}
+	next, bytesOut := after, 0
+	full := func() bool { return len(out) >= maxAnswerEntries || (bytesOut >= maxAnswerBytes && len(out) > 0) }
+	if from.off < size {
+		f, err := os.Open(l.path)
 		if err != nil {
 			return nil, after, err
 		}
-		off += int64(len(line)) + 1
-		seq, ok := entrySeq(line)
-		if !ok {
-			return nil, after, errors.New("job log " + strconv.Quote(l.path) + " is corrupt")
+		defer f.Close()
+		br := bufio.NewReaderSize(io.NewSectionReader(f, from.off, size-from.off), 64<<10)
+		off, frontier := from.off, indexed
+		var marks []logMark
+		for !full() {
+			line, err := readLogLine(br)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, after, err
+			}
+			seq, ok := entrySeq(line)
+			if !ok {
+				return nil, after, errors.New("job log " + strconv.Quote(l.path) + " is corrupt")
+			}
+			if off == frontier {
+				if (seq-1)%256 == 0 {
+					marks = append(marks, logMark{seq, off})
+				}
+				frontier = off + int64(len(line)) + 1
+			}
+			off += int64(len(line)) + 1
+			if seq <= after {
+				continue
+			}
+			out = append(out, json.RawMessage(line))
+			bytesOut += len(line)
+			next = seq
 		}
-		if seq <= after {
-			continue
-		}
-		out = append(out, json.RawMessage(line))
-		bytesOut += len(line)
-		next = seq
-	}
-	if len(out) > 0 {
 		l.mu.Lock()
-		l.cursors[l.cursorN%len(l.cursors)] = logMark{next + 1, off}
-		l.cursorN++
+		if l.indexed == indexed && frontier > indexed {
+			for _, m := range marks {
+				l.addMark(m)
+			}
+			l.indexed = frontier
+		}
+		if len(out) > 0 {
+			l.cursors[l.cursorN%len(l.cursors)] = logMark{next + 1, off}
+			l.cursorN++
+		}
 		l.mu.Unlock()
+	}
+	for _, line := range mem {
+		if full() {
+			break
+		}
+		if seq, _ := entrySeq(line); seq > after {
+			out = append(out, json.RawMessage(line))
+			bytesOut += len(line)
+			next = seq
+		}
 	}
 	return out, next, nil
 }
@@ -280,11 +393,11 @@ func entrySeq(line []byte) (int64, bool) {
 	return n, err == nil && n > 0
 }
 
-// load indexes an existing log (after a restart). An incomplete or
-// unreadable tail, left by a crash in the middle of a write, is cut off so
-// that appends continue with whole entries.
+// load finds the extent of a log of an earlier run from its end. An
+// incomplete or unreadable tail, left by a crash in the middle of a write,
+// is cut off so that appends continue with whole entries.
 func (l *jobLog) load() error {
-	f, err := os.OpenFile(l.path, os.O_RDWR, 0)
+	f, err := os.OpenFile(l.path, os.O_RDWR|oNoFollow, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -292,191 +405,58 @@ func (l *jobLog) load() error {
 		return err
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 64<<10)
-	var last, off int64
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.marks, l.every = nil, 256
-	for {
-		line, err := readLogLine(br)
-		if err != nil {
-			break
-		}
-		seq, ok := entrySeq(line)
-		if !ok || seq != last+1 || !json.Valid(line) {
-			break
-		}
-		l.addMark(logMark{seq, off})
-		last, off = seq, off+int64(len(line))+1
+	fi, err := f.Stat()
+	if err != nil {
+		return err
 	}
-	l.last, l.size = last, off
-	if st, err := f.Stat(); err == nil && st.Size() > off {
-		return f.Truncate(off)
+	last, size, err := lastEntry(f, fi.Size())
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.last, l.size = last, size
+	l.mu.Unlock()
+	if fi.Size() > size {
+		return f.Truncate(size)
 	}
 	return nil
 }
 
-// appendJSONText appends s as a JSON string, replacing each byte of invalid
-// UTF-8 with U+FFFD (as encoding/json does) and escaping without the HTML
-// escapes encoding/json adds.
-func appendJSONText(dst, s []byte) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
+// lastEntry returns the seq of the last whole, valid entry of a log of end
+// bytes, and the offset after it, reading only the last tailWindow bytes.
+// When no whole entry ends there (a corrupt tail that long), the log is
+// read from the start up to its first bad entry.
+func lastEntry(f *os.File, end int64) (last, size int64, err error) {
+	from := max(0, end-tailWindow)
+	buf := make([]byte, end-from)
+	if _, err := f.ReadAt(buf, from); err != nil && err != io.EOF {
+		return 0, 0, err
+	}
+	for stop := bytes.LastIndexByte(buf, '\n'); stop >= 0; {
+		start := bytes.LastIndexByte(buf[:stop], '\n') + 1
+		if start == 0 && from > 0 {
+			break // the line may begin before the window
+		}
+		if line := buf[start:stop]; json.Valid(line) {
+			if seq, ok := entrySeq(line); ok {
+				return seq, from + int64(stop) + 1, nil
 			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
-			i++
-			start = i
-			continue
 		}
-		r, n := utf8.DecodeRune(s[i:])
-		if r == utf8.RuneError && n == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i++
-			start = i
-			continue
+		stop = start - 1
+	}
+	if from == 0 {
+		return 0, 0, nil
+	}
+	br := bufio.NewReaderSize(io.NewSectionReader(f, 0, end), 64<<10)
+	for {
+		line, err := readLogLine(br)
+		if err != nil {
+			return last, size, nil
 		}
-		i += n
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
-}
-
-// lineWriter turns one stream of a process's output into log entries. It is
-// the process's stdout or stderr (os/exec copies the pipe into it in chunks
-// of up to 32 KiB); it holds at most one partial line, so its memory is
-// bounded by about maxLogLine plus one chunk.
-type lineWriter struct {
-	log     *jobLog
-	stream  string
-	partial []byte
-	arena   []byte // the texts of one Write's entries, back to back
-	ends    []int
-	texts   [][]byte
-	err     func(error) // reports a log write error
-}
-
-// Write never fails: a process must never block or die because its output
-// could not be logged.
-func (w *lineWriter) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			w.partial = append(w.partial, p...)
-			for len(w.partial) > maxLogLine {
-				k := cutUTF8(w.partial, maxLogLine)
-				w.add(w.partial[:k])
-				w.partial = w.partial[:copy(w.partial, w.partial[k:])]
-			}
-			break
+		seq, ok := entrySeq(line)
+		if !ok || seq != last+1 || !json.Valid(line) {
+			return last, size, nil
 		}
-		line := p[:i]
-		if len(w.partial) > 0 {
-			w.partial = append(w.partial, line...)
-			line = w.partial
-		}
-		p = p[i+1:]
-		w.addLine(line)
-		w.partial = w.partial[:0]
+		last, size = seq, size+int64(len(line))+1
 	}
-	w.commit()
-	return n, nil
-}
-
-// flush logs a last line that had no "\n" (at the end of the output).
-func (w *lineWriter) flush() {
-	if len(w.partial) > 0 {
-		w.addLine(w.partial)
-		w.partial = w.partial[:0]
-		w.commit()
-	}
-	w.partial, w.arena = nil, nil
-}
-
-// addLine adds a complete line (a "\r" before its "\n" dropped), split into
-// pieces of at most maxLogLine bytes.
-func (w *lineWriter) addLine(line []byte) {
-	line = bytes.TrimSuffix(line, []byte("\r"))
-	for len(line) > maxLogLine {
-		k := cutUTF8(line, maxLogLine)
-		w.add(line[:k])
-		line = line[k:]
-	}
-	w.add(line)
-}
-
-func (w *lineWriter) add(text []byte) {
-	splitText(text, func(piece []byte) {
-		w.arena = append(w.arena, piece...)
-		w.ends = append(w.ends, len(w.arena))
-	})
-}
-
-// splitText passes text to emit in pieces of at most maxLogLine bytes of
-// valid UTF-8: invalid bytes are replaced first (which can make text longer
-// than it was), and pieces end between characters.
-func splitText(text []byte, emit func([]byte)) {
-	if !utf8.Valid(text) {
-		text = bytes.ToValidUTF8(text, []byte("\uFFFD"))
-	}
-	for len(text) > maxLogLine {
-		k := cutUTF8(text, maxLogLine)
-		emit(text[:k])
-		text = text[k:]
-	}
-	emit(text)
-}
-
-// commit appends the collected entries to the log in one write.
-func (w *lineWriter) commit() {
-	if len(w.ends) == 0 {
-		return
-	}
-	w.texts = w.texts[:0]
-	start := 0
-	for _, e := range w.ends {
-		w.texts = append(w.texts, w.arena[start:e])
-		start = e
-	}
-	if err := w.log.append(w.stream, time.Now(), w.texts); err != nil && w.err != nil {
-		w.err(err)
-	}
-	w.arena, w.ends = w.arena[:0], w.ends[:0]
-	if cap(w.arena) > 4*maxLogLine {
-		w.arena = nil
-	}
-}
-
-// cutUTF8 returns where to cut b to at most max bytes without splitting a
-// UTF-8 sequence (when b is valid there).
-func cutUTF8(b []byte, max int) int {
-	if len(b) <= max {
-		return len(b)
-	}
-	for k := max; k > max-utf8.UTFMax && k > 0; k-- {
-		if utf8.RuneStart(b[k]) {
-			return k
-		}
-	}
-	return max
 }

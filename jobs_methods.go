@@ -1,7 +1,10 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +25,10 @@ type jobStatus struct {
 	Logs     []json.RawMessage `json:"logs"`
 	Next     int64             `json:"next"`
 	Result   json.RawMessage   `json:"result,omitempty"`
+	// LogTruncated: output past -job-max-log was dropped. LogError: why
+	// output could not be written (a script then fails).
+	LogTruncated bool   `json:"log_truncated,omitempty"`
+	LogError     string `json:"log_error,omitempty"`
 }
 
 func timeString(t time.Time) *string {
@@ -39,7 +46,7 @@ func (j *job) status(after int64) (*jobStatus, error) {
 	st := &jobStatus{
 		Ticket: j.id, Kind: j.kind, State: j.state, ExitCode: j.exitCode,
 		Started: timeString(j.started), Finished: timeString(j.finished), Result: j.result,
-		Logs: []json.RawMessage{}, Next: after,
+		Logs: []json.RawMessage{}, Next: after, LogTruncated: j.logCut, LogError: j.logErr,
 	}
 	if j.outcome != "" {
 		o := j.outcome
@@ -50,8 +57,7 @@ func (j *job) status(after int64) (*jobStatus, error) {
 	if removed {
 		return nil, errorf(kindNotFound, "no job %q: it was completed or reaped", j.id)
 	}
-	_, size := j.log.extent()
-	logs, next, err := j.log.read(after, size)
+	logs, next, err := j.log.read(after)
 	if err != nil {
 		j.smu.Lock() // a removal in progress holds it until the job is gone
 		j.mu.Lock()
@@ -91,6 +97,39 @@ func (j *job) waitChange(after int64, was string) (<-chan struct{}, bool) {
 // maxMutexName bounds a mutex name, which appears in log lines.
 const maxMutexName = 200
 
+// jobOrigin is what a start of a job takes from its request: the client's
+// ticket (checked), a fingerprint of params (the decoded parameters), and
+// who the client is.
+func (c *call) jobOrigin(ticket string, params any) (jobOrigin, error) {
+	if ticket != "" && !validTicket(ticket) {
+		return jobOrigin{}, errorf(kindInvalidParams, "ticket %q: want 16 to 64 of a-z 0-9 - (or leave it out for the agent to choose one)", ticket)
+	}
+	// Re-encoded from the decoded values, so key order, white space and
+	// the spelling of numbers and strings do not make a retry differ.
+	b, err := json.Marshal(params)
+	if err != nil {
+		return jobOrigin{}, err
+	}
+	sum := sha256.Sum256(b)
+	return jobOrigin{Ticket: ticket, Fingerprint: hex.EncodeToString(sum[:]), Owner: c.peer.thumbprint, Client: c.peer.entry.Name}, nil
+}
+
+// jobViewer is the caller, as the job methods see it.
+func (c *call) jobViewer() jobViewer {
+	return jobViewer{thumbprint: c.peer.thumbprint, all: c.peer.entry.allows(groupOthersJobs)}
+}
+
+// startAnswer is what script.start and deploy.start answer: a new job's
+// state as it started (queued or running, never done, so a client always
+// follows it), a retried start's job's state now.
+func startAnswer(j *job, fresh bool) map[string]string {
+	state := j.currentState()
+	if fresh {
+		state = j.startState()
+	}
+	return map[string]string{"ticket": j.id, "state": state}
+}
+
 func handleScriptStart(c *call) (any, error) {
 	var p struct {
 		Script    string            `json:"script,required"`
@@ -101,8 +140,15 @@ func handleScriptStart(c *call) (any, error) {
 		TimeoutS  float64           `json:"timeout_s"`
 		Isolation string            `json:"isolation"`
 		Mutex     string            `json:"mutex"`
+		Ticket    string            `json:"ticket"`
 	}
 	if err := decodeParams(c.params, &p); err != nil {
+		return nil, err
+	}
+	fp := p
+	fp.Ticket = "" // the ticket names the job; the rest must match
+	origin, err := c.jobOrigin(p.Ticket, fp)
+	if err != nil {
 		return nil, err
 	}
 	interp, ext, err := resolveShell(p.Shell)
@@ -149,15 +195,19 @@ func handleScriptStart(c *call) (any, error) {
 	// variable values (they may hold secrets).
 	c.audit = map[string]any{"shell": p.Shell, "isolation": p.Isolation, "mutex": p.Mutex,
 		"timeout_s": p.TimeoutS, "cwd": p.Cwd, "args": len(p.Args), "env": keys}
+	if p.Ticket != "" {
+		c.audit["ticket"] = p.Ticket
+	}
 	script, args, cwd := p.Script, p.Args, p.Cwd
-	j, err := c.srv.jobs.start(jobSpec{
-		Kind:    "script",
-		Mutex:   p.Mutex,
-		Full:    p.Isolation == "full",
-		Timeout: time.Duration(p.TimeoutS * float64(time.Second)),
+	j, fresh, err := c.srv.jobs.start(jobSpec{
+		jobOrigin: origin,
+		Kind:      "script",
+		Mutex:     p.Mutex,
+		Full:      p.Isolation == "full",
+		Timeout:   time.Duration(p.TimeoutS * float64(time.Second)),
 		Run: func(j *job) error {
 			path := filepath.Join(j.meta, "script"+ext)
-			if err := os.WriteFile(path, []byte(script), 0o700); err != nil {
+			if err := writeNewFile(path, []byte(script), 0o700); err != nil {
 				return fmt.Errorf("failed to write the script: %v", err)
 			}
 			dir := cwd
@@ -172,14 +222,28 @@ func handleScriptStart(c *call) (any, error) {
 			if code != 0 {
 				return exitCodeError(code)
 			}
-			return nil
+			return j.outputLost()
 		},
 	})
 	if err != nil {
 		return nil, err
 	}
 	c.audit["ticket"] = j.id
-	return map[string]string{"ticket": j.id, "state": j.startState()}, nil
+	if !fresh {
+		c.audit["retried"] = true
+	}
+	return startAnswer(j, fresh), nil
+}
+
+// writeNewFile creates path, which must not exist (nor be a link), with
+// data: a file planted in its place beforehand is refused, not opened.
+func writeNewFile(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|oNoFollow, perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	return errors.Join(err, f.Close())
 }
 
 func handleJobStatus(c *call) (any, error) {
@@ -194,7 +258,7 @@ func handleJobStatus(c *call) (any, error) {
 	if p.After < 0 || p.WaitMs < 0 {
 		return nil, errorf(kindInvalidParams, "after and wait_ms must not be negative")
 	}
-	j, err := c.srv.jobs.get(p.Ticket)
+	j, err := c.srv.jobs.get(p.Ticket, c.jobViewer())
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +293,7 @@ func handleJobCancel(c *call) (any, error) {
 		return nil, err
 	}
 	c.audit = map[string]any{"ticket": p.Ticket}
-	j, err := c.srv.jobs.get(p.Ticket)
+	j, err := c.srv.jobs.get(p.Ticket, c.jobViewer())
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +314,7 @@ func handleJobComplete(c *call) (any, error) {
 		return nil, errorf(kindInvalidParams, "after must not be negative")
 	}
 	c.audit = map[string]any{"ticket": p.Ticket}
-	j, err := c.srv.jobs.get(p.Ticket)
+	j, err := c.srv.jobs.get(p.Ticket, c.jobViewer())
 	if err != nil {
 		return nil, err
 	}
@@ -281,5 +345,5 @@ func handleJobList(c *call) (any, error) {
 	if err := decodeParams(c.params, &struct{}{}); err != nil {
 		return nil, err
 	}
-	return map[string]any{"jobs": c.srv.jobs.list()}, nil
+	return map[string]any{"jobs": c.srv.jobs.list(c.jobViewer())}, nil
 }

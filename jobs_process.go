@@ -79,10 +79,6 @@ func (j *job) runProcessUntil(ctx context.Context, argv []string, dir string, en
 	return exitStatus(cmd.ProcessState), nil
 }
 
-func (j *job) logWriteFailed(err error) {
-	j.m.log.Error("failed to write a job's log: its output is being lost", "ticket", j.id, "err", err)
-}
-
 // stopGroup stops process group pgid after the job's context ended: SIGTERM,
 // then SIGKILL once KillGrace has passed with the group still alive. It
 // returns the Wait result of the group's leader.
@@ -143,12 +139,12 @@ func resolveShell(shell string) (path, ext string, err error) {
 	switch shell {
 	case "", "sh", "bash", "pwsh", "powershell":
 		for _, n := range names {
-			if p, err := exec.LookPath(n); err == nil {
+			if p, ok := lookShell(n); ok {
 				return p, shellExt(n), nil
 			}
 		}
 		if shell == "" {
-			return "", "", errorf(kindInvalidParams, "no shell installed: the agent found none of sh, pwsh, powershell")
+			return "", "", errorf(kindInvalidParams, "no shell installed: the agent found none of sh, pwsh, powershell on PATH or in %s", strings.Join(shellDirs, ", "))
 		}
 		return "", "", errorf(kindInvalidParams, "shell %q is not installed on this agent (installed: %s)", shell, strings.Join(availableShells(), ", "))
 	}
@@ -189,9 +185,27 @@ func shellArgv(interp, script string, args []string) []string {
 func availableShells() []string {
 	out := []string{} // [] rather than null in info when there is none
 	for _, s := range []string{"sh", "bash", "pwsh"} {
-		if _, err := exec.LookPath(s); err == nil {
+		if _, ok := lookShell(s); ok {
 			out = append(out, s)
 		}
 	}
 	return out
+}
+
+// shellDirs are where a shell is looked for when PATH does not find it: an
+// agent started with an empty or no PATH (env -i, a bare container or
+// service manager) must still find /bin/sh.
+var shellDirs = []string{"/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin"}
+
+// lookShell finds the shell name on PATH, else in shellDirs.
+func lookShell(name string) (string, bool) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, true
+	}
+	for _, dir := range shellDirs {
+		if p, err := exec.LookPath(filepath.Join(dir, name)); err == nil {
+			return p, true
+		}
+	}
+	return "", false
 }

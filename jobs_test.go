@@ -1175,11 +1175,11 @@ func FuzzLineWriter(f *testing.F) {
 			p = p[n:]
 		}
 		w.flush()
-		last, size := l.extent()
+		last, _ := l.extent()
 		var got []string
 		var after int64
 		for after < last {
-			entries, next, err := l.read(after, size)
+			entries, next, err := l.read(after)
 			if err != nil || next <= after {
 				t.Fatalf("read after %d: %v", after, err)
 			}
@@ -1314,5 +1314,90 @@ func BenchmarkJobOutput(b *testing.B) {
 		b.ReportMetric(float64(peak-base)/(1<<20), "heap-growth-MiB")
 		b.Logf("1 GiB of output: job %v (%.0f MiB/s), to /dev/null locally %v, ratio %.1fx; agent heap growth %.1f MiB",
 			took.Round(time.Millisecond), float64(size)/took.Seconds()/(1<<20), local.Round(time.Millisecond), float64(took)/float64(local), float64(peak-base)/(1<<20))
+	}
+}
+
+// TestShellWithoutPath: an agent started with an empty or no PATH (env -i,
+// a bare container) still finds sh in the standard places.
+func TestShellWithoutPath(t *testing.T) {
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		t.Skip("needs /bin/sh")
+	}
+	for _, tt := range []struct {
+		name  string
+		unset bool
+	}{{"empty PATH", false}, {"no PATH", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("PATH", "")
+			if tt.unset {
+				os.Unsetenv("PATH")
+			}
+			a := startAgent(t)
+			c := a.dial(t)
+			st, logs := runScript(t, c, map[string]any{"script": "echo ran"})
+			if outcomeOf(st) != outcomeSuccess || !slices.Equal(texts(logs, "stdout"), []string{"ran"}) {
+				t.Fatalf("script without PATH: %s, %v", outcomeOf(st), logs)
+			}
+			var info struct {
+				Shells []string `json:"shells"`
+			}
+			if err := c.call("info", nil, &info); err != nil || !slices.Contains(info.Shells, "sh") {
+				t.Fatalf("info shells %v, %v", info.Shells, err)
+			}
+		})
+	}
+}
+
+// TestMutexWaitSaidOnlyWhenContended: "mutex acquired after waiting" is for
+// a job that waited for another job's hold, not for a slow start.
+func TestMutexWaitSaidOnlyWhenContended(t *testing.T) {
+	needSh(t)
+	a := startAgent(t)
+	c := a.dial(t)
+	// A start held up by the journal (a compaction, a slow disk) waits for
+	// no mutex.
+	jr := a.srv.jobs.journal
+	jr.mu.Lock()
+	time.AfterFunc(300*time.Millisecond, jr.mu.Unlock)
+	_, logs := runScript(t, c, map[string]any{"script": "true"})
+	if agent := strings.Join(texts(logs, "agent"), "\n"); agent != "" {
+		t.Fatalf("an uncontended job says: %q", agent)
+	}
+	release := filepath.Join(t.TempDir(), "release")
+	holder := startJob(t, c, map[string]any{"script": `while [ ! -e "$1" ]; do sleep 0.01; done`, "args": []string{release}, "mutex": "m", "isolation": "full"})
+	waiter := startJob(t, c, map[string]any{"script": "true", "mutex": "m"})
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	followJob(t, c, holder)
+	_, logs = followJob(t, c, waiter)
+	agent := texts(logs, "agent")
+	if len(agent) != 2 || !strings.HasPrefix(agent[0], `waiting for mutex "m": job `+holder) || !strings.HasPrefix(agent[1], `mutex "m" acquired after waiting `) {
+		t.Fatalf("a job that waited says: %q", agent)
+	}
+}
+
+// TestJobLogLines: the agent logs one INFO line per job, when it finishes,
+// with what an operator wants; queued and started are DEBUG.
+func TestJobLogLines(t *testing.T) {
+	needSh(t)
+	logs := &syncBuffer{}
+	a := startAgentLogging(t, logs)
+	c := a.dial(t)
+	st, _ := runScript(t, c, map[string]any{"script": "exit 3"})
+	waitFor(t, "the finished line", 5*time.Second, func() bool { return strings.Contains(logs.String(), "ticket="+st.Ticket) })
+	var lines []string
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, st.Ticket) {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d agent log lines for one job, want 1:\n%s", len(lines), strings.Join(lines, ""))
+	}
+	for _, want := range []string{"level=INFO", `msg="job finished"`, "kind=script", "outcome=failed", "duration=", "client=test-client"} {
+		if !strings.Contains(lines[0], want) {
+			t.Fatalf("finished line %q lacks %q", lines[0], want)
+		}
 	}
 }

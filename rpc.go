@@ -97,7 +97,8 @@ var (
 	groupScript     = []string{"script"}
 	groupFile       = []string{"file"}
 	groupDeploy     = []string{"deploy"}
-	groupJobControl = []string{"script", "deploy"} // either may cancel and complete
+	groupJobControl = []string{"script", "deploy", "jobs"} // cancel and complete: own jobs, or others' with "jobs"
+	groupOthersJobs = []string{"jobs"}                     // see and touch other clients' jobs (see jobViewer)
 )
 
 // protocolMethods is the protocol's method table (PROTOCOL §5), the one

@@ -187,6 +187,18 @@ func isDiskFull(err error) bool {
 // without a volume for the home).
 func isReadOnlyFS(err error) bool { return errors.Is(err, syscall.EROFS) }
 
+// oNoFollow makes an open fail on a symbolic link rather than follow it.
+const oNoFollow = syscall.O_NOFOLLOW
+
+// fileOwner is the uid that owns a file.
+func fileOwner(fi os.FileInfo) (uid int, ok bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return -1, false
+	}
+	return int(st.Uid), true
+}
+
 // lockHome takes an exclusive lock on <home>/agent.lock, so that a second
 // agent on the same home (which would mark the first one's jobs lost and
 // kill them) refuses to start. The kernel drops the lock when the process

@@ -105,6 +105,13 @@ func isDiskFull(err error) bool {
 // isReadOnlyFS: Windows reports a read-only volume as access denied.
 func isReadOnlyFS(err error) bool { return false }
 
+// oNoFollow: Windows has no such open flag; making a symbolic link there
+// needs a privilege the agent's users do not hand out.
+const oNoFollow = 0
+
+// fileOwner: Windows files have ACLs, not an owner uid to compare.
+func fileOwner(fi os.FileInfo) (uid int, ok bool) { return -1, false }
+
 // lockHome keeps <home>/agent.lock open for the agent's life. On Windows the
 // file is opened without sharing by deleting and recreating it: a second
 // agent fails to delete a file the first holds open.

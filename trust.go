@@ -30,7 +30,7 @@ import (
 )
 
 // Method groups a trust entry may be narrowed to with allow= (PROTOCOL §2).
-var methodGroups = []string{"read", "script", "file", "deploy"}
+var methodGroups = []string{"read", "script", "file", "deploy", "jobs"}
 
 const (
 	maxTrustLine = 8 << 10  // PROTOCOL §2

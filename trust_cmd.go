@@ -54,7 +54,7 @@ func cmdTrust(args []string, stdout, stderr io.Writer) int {
 	switch sub {
 	case "add":
 		from = fs.String("from", "", "only from these `CIDRs` (comma-separated)")
-		allow = fs.String("allow", "", "only these method `groups`: read, script, file, deploy (comma-separated)")
+		allow = fs.String("allow", "", "only these method `groups`: read, script, file, deploy, jobs (comma-separated)")
 		expires = fs.String("expires", "", "trusted until the end of this `date` (YYYY-MM-DD, UTC)")
 		min, max = 1, -1
 	case "remove":

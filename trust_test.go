@@ -52,7 +52,10 @@ func TestParseTrustLine(t *testing.T) {
 		err        string // substring; "" means valid
 		check      func(*trustEntry) bool
 	}{
-		{"bare", tpA, "", func(e *trustEntry) bool { return e.Name == "" && len(e.Allow) == 4 }},
+		{"bare", tpA, "", func(e *trustEntry) bool {
+			return e.Name == "" && strings.Join(e.Allow, ",") == strings.Join(methodGroups, ",")
+		}},
+		{"others' jobs", tpA + " allow=jobs overseer", "", func(e *trustEntry) bool { return strings.Join(e.Allow, ",") == "read,jobs" }},
 		{"name", tpA + "  build server 1", "", func(e *trustEntry) bool { return e.Name == "build server 1" }},
 		{"all options", tpA + " from=10.1.0.0/16,::1 allow=deploy,read expires=2027-06-30 release pipeline", "", func(e *trustEntry) bool {
 			return len(e.From) == 2 && strings.Join(e.Allow, ",") == "read,deploy" &&
