@@ -468,18 +468,20 @@ func TestStartResentWithTicket(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			marks := t.TempDir() + "/runs"
 			// The agent's answer to the start is lost once the job exists.
-			relay := startLoseFirstAnswer(t, a.addr, func() bool {
+			jobs := func() int {
 				var list struct {
 					Jobs []jobListItem `json:"jobs"`
 				}
 				c, err := dialAgent(a.addr, fl.client, a.thumbprint, "", 10*time.Second, nil)
 				if err != nil {
-					return false
+					return -1
 				}
 				defer c.Close()
 				c.call("job.list", nil, &list)
-				return len(list.Jobs) > 0
-			})
+				return len(list.Jobs)
+			}
+			before := jobs()
+			relay := startLoseFirstAnswer(t, a.addr, func() bool { return jobs() > before })
 			fl.writeAgents(fmt.Sprintf("x %s %s\n", relay.ln.Addr(), a.thumbprint))
 			target := "x"
 			if mode == "fan-out" {
