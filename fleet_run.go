@@ -199,7 +199,7 @@ func fleetDial(addr string, id *identity, pin, proxy string, timeout time.Durati
 	defer cancel()
 	nc, err := dialNet(ctx, addr, proxy)
 	if err != nil {
-		if ctx.Err() != nil {
+		if ne, ok := errors.AsType[net.Error](err); ctx.Err() != nil || ok && ne.Timeout() {
 			err = fmt.Errorf("no connection within %s", timeout)
 		}
 		return nil, "", 0, outUnreachable, err

@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"reflect"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -286,6 +285,7 @@ func TestFanOutThousandAgents(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	memory := peakMemory(cmd.Process.Pid)
 	var maxFDs atomic.Int64
 	sampled := make(chan struct{})
 	go func() { // count the client's open files while it runs
@@ -311,7 +311,7 @@ func TestFanOutThousandAgents(t *testing.T) {
 	if last := tail(stderr.String(), 80); !strings.Contains(last, "1000 agents: 200 ok, 800 unreachable (") {
 		t.Fatalf("total %q", last)
 	}
-	rss := maxRSSKiB(cmd.ProcessState)
+	rss := memory()
 	t.Logf("1000 agents, -parallel %d: %v, at most %d open files, peak RSS %.1f MiB", parallel, took.Round(time.Millisecond), maxFDs.Load(), float64(rss)/1024)
 	if maxFDs.Load() > 2*parallel+20 {
 		t.Errorf("the client held %d files open at once, more than -parallel %d allows", maxFDs.Load(), parallel)
@@ -552,19 +552,30 @@ func buildOlderAgent(t *testing.T, rev string) string {
 	return bin
 }
 
-// maxRSSKiB is a finished child's peak resident memory in KiB, from the
-// rusage wait4 returned (Linux counts it in KiB), or -1 where the OS has
-// none. Reflection reads it where the field exists, so that this file
-// builds for every OS.
-func maxRSSKiB(ps *os.ProcessState) int64 {
-	v := reflect.ValueOf(ps.SysUsage())
-	if v.Kind() != reflect.Pointer || v.IsNil() {
-		return -1
-	}
-	if f := v.Elem().FieldByName("Maxrss"); f.IsValid() && f.CanInt() {
-		return f.Int()
-	}
-	return -1
+// peakMemory samples the peak resident memory (VmHWM) of a running
+// process until it exits, in KiB. The rusage of a child would not do:
+// Linux carries the parent's high-water mark into a child that was
+// vforked, as os/exec does, so it reports the test process's.
+func peakMemory(pid int) (wait func() int64) {
+	var peak atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			if err != nil {
+				return
+			}
+			for l := range strings.SplitSeq(string(data), "\n") {
+				if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmHWM:" {
+					n, _ := strconv.ParseInt(f[1], 10, 64)
+					peak.Store(max(peak.Load(), n))
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return func() int64 { <-done; return peak.Load() }
 }
 
 func TestFanOutReconnects(t *testing.T) {
