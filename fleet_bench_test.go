@@ -46,8 +46,9 @@ func BenchmarkFleetExec(b *testing.B) {
 	if err := os.WriteFile(script, []byte(shell.String()), 0o755); err != nil {
 		b.Fatal(err)
 	}
-	// timed runs cmd and returns how long it took and its peak memory.
-	timed := func(cmd *exec.Cmd) (time.Duration, int64) {
+	// timed runs cmd and returns how long it took, its peak memory, and
+	// the CPU it and its children used.
+	timed := func(cmd *exec.Cmd) (time.Duration, int64, time.Duration) {
 		var out strings.Builder
 		cmd.Stdout, cmd.Stderr = &out, &out
 		start := time.Now()
@@ -58,22 +59,22 @@ func BenchmarkFleetExec(b *testing.B) {
 		if err := cmd.Wait(); err != nil {
 			b.Fatalf("%s: %v\n%s", cmd.Args, err, out.String())
 		}
-		return time.Since(start), memory()
+		return time.Since(start), memory(), cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	for range b.N {
-		var fan, wide, sh, pings []time.Duration
+		var fan, wide, sh, pings, fanCPU, shCPU []time.Duration
 		var peak int64
 		timed(exec.Command(bin, "exec", "-home", home, "all", "--", "true")) // warm up
 		timed(exec.Command("sh", script))
 		for range rounds {
-			d, kib := timed(exec.Command(bin, "exec", "-home", home, "all", "--", "true"))
-			fan = append(fan, d)
+			d, kib, cpu := timed(exec.Command(bin, "exec", "-home", home, "all", "--", "true"))
+			fan, fanCPU = append(fan, d), append(fanCPU, cpu)
 			peak = max(peak, kib)
-			d, _ = timed(exec.Command("sh", script))
-			sh = append(sh, d)
-			d, _ = timed(exec.Command(bin, "call", "-home", home, "all", "ping"))
+			d, _, cpu = timed(exec.Command("sh", script))
+			sh, shCPU = append(sh, d), append(shCPU, cpu)
+			d, _, _ = timed(exec.Command(bin, "call", "-home", home, "all", "ping"))
 			pings = append(pings, d)
-			d, _ = timed(exec.Command(bin, "exec", "-home", home, "-parallel", "100", "all", "--", "true"))
+			d, _, _ = timed(exec.Command(bin, "exec", "-home", home, "-parallel", "100", "all", "--", "true"))
 			wide = append(wide, d)
 		}
 		fm, sm := median(fan), median(sh)
@@ -83,7 +84,10 @@ func BenchmarkFleetExec(b *testing.B) {
 		b.ReportMetric(float64(peak)/1024, "fanout-peak-MiB")
 		b.ReportMetric(median(pings).Seconds(), "call-ping-s")
 		b.ReportMetric(median(wide).Seconds(), "fanout-parallel100-s")
-		b.Logf("exec all -- true on %d agents: one fan-out process %v, %d single-mode processes from a shell %v, ratio %.2f (target ≤ 0.5, fan-out < 2s); fan-out peak RSS %.1f MiB (target < 100); with -parallel 100 %v; \"call all ping\" (connections alone, no job) %v; medians of %d rounds",
-			n, fm.Round(time.Millisecond), n, sm.Round(time.Millisecond), float64(fm)/float64(sm), float64(peak)/1024, median(wide).Round(time.Millisecond), median(pings).Round(time.Millisecond), rounds)
+		b.ReportMetric(median(fanCPU).Seconds(), "fanout-client-cpu-s")
+		b.ReportMetric(median(shCPU).Seconds(), "shell-clients-cpu-s")
+		b.Logf("exec all -- true on %d agents: one fan-out process %v, %d single-mode processes from a shell %v, ratio %.2f (target ≤ 0.5, fan-out < 2s); fan-out peak RSS %.1f MiB (target < 100); with -parallel 100 %v; \"call all ping\" (connections alone, no job) %v; CPU of the client side: fan-out %v, the shell's %d processes %v; medians of %d rounds",
+			n, fm.Round(time.Millisecond), n, sm.Round(time.Millisecond), float64(fm)/float64(sm), float64(peak)/1024, median(wide).Round(time.Millisecond), median(pings).Round(time.Millisecond),
+			median(fanCPU).Round(time.Millisecond), n, median(shCPU).Round(time.Millisecond), rounds)
 	}
 }
