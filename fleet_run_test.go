@@ -107,7 +107,7 @@ func TestFanOutExec(t *testing.T) {
 		t.Fatalf("%d stderr lines, last %q", len(lines), last)
 	}
 	// Names are padded to the longest selected one.
-	stdout, stderr, code = fl.cli("exec", "a1,long-name-agent", "--", `echo "x $1"; exit $1`, "5")
+	stdout, stderr, code = fl.cli("exec", "a1,long-name-agent", "--", `echo "x 5"; exit 5`)
 	if code != 1 || stdout != "a1              | x 5\nlong-name-agent | x 5\n" && stdout != "long-name-agent | x 5\na1              | x 5\n" {
 		t.Fatalf("code %d, stdout %q", code, stdout)
 	}
