@@ -314,14 +314,24 @@ func TestAgentsAddLearnsPin(t *testing.T) {
 	}
 }
 
-// closedPort is a loopback address where nothing listens.
-func closedPort(t testing.TB) string {
+// closedPorts are up to n loopback addresses where nothing listens:
+// privileged ports, which no test binds (an ephemeral one, freed, may be
+// taken by any process on the machine meanwhile), checked closed now.
+func closedPorts(t testing.TB, n int) []string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var closed []string
+	for port := 1; port < 1024 && len(closed) < n; port++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			continue
+		}
+		closed = append(closed, addr)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	if len(closed) == 0 {
+		t.Skip("every privileged loopback port answers: no closed port to test with")
+	}
+	return closed
 }
+
+func closedPort(t testing.TB) string { return closedPorts(t, 1)[0] }
