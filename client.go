@@ -32,6 +32,7 @@ type clientOpts struct {
 	// sessions lets reconnects of one command resume TLS sessions; the pin is
 	// still checked on every handshake.
 	sessions tls.ClientSessionCache
+	agent    *agentEntry // the agents file's entry a NAME target chose, dialled by that name
 }
 
 // addClientFlags registers -home, -pin and -proxy on fs.
@@ -53,19 +54,26 @@ type clientCmd struct {
 	opts           *clientOpts
 	args           []string // the words after the flags, once parsed
 	stdout, stderr io.Writer
+	usageText      string
+	fleet          *fleetFlags   // the fan-out flags (fleet_target.go)
+	fan            []*agentEntry // a TARGET that selects agents: fan-out mode
 }
 
 // newClientCmd starts a client command: its flag set, with the flags every
 // client command takes already on it.
 func newClientCmd(name, usage string, stdout, stderr io.Writer) *clientCmd {
 	fs := newFlagSet(name, usage, stderr)
-	return &clientCmd{name: name, fs: fs, opts: addClientFlags(fs, stderr), stdout: stdout, stderr: stderr}
+	return &clientCmd{name: name, fs: fs, opts: addClientFlags(fs, stderr), stdout: stdout, stderr: stderr, usageText: usage}
 }
 
 // parse parses args and checks that min to max words follow the flags
 // (max < 0: any number). ok false means: exit with code.
 func (c *clientCmd) parse(args []string, min, max int) (code int, ok bool) {
+	c.addFleetFlags()
 	c.args, code, ok = parseFlags(c.fs, args, min, max)
+	if ok {
+		code, ok = c.resolveTarget()
+	}
 	return code, ok
 }
 
@@ -112,6 +120,9 @@ type clientConn struct {
 // dial connects to the agent at addr and checks its thumbprint against the
 // pin before anything is sent.
 func (o *clientOpts) dial(addr string) (*clientConn, error) {
+	if o.agent != nil && addr == o.agent.Name {
+		addr = o.agent.Addr
+	}
 	if o.pin == "" {
 		return nil, errors.New(`no pin: pass -pin THUMBPRINT (or set TENTACLE_PIN); the agent prints its thumbprint at first start and with "tentacle show-thumbprint"`)
 	}
@@ -141,35 +152,21 @@ func (o *clientOpts) dialFor(stderr io.Writer, cmd, addr string) *clientConn {
 func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Duration, sessions tls.ClientSessionCache) (*clientConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var nc net.Conn
-	var err error
-	if proxy != "" {
-		nc, err = dialProxy(ctx, proxy, addr)
-	} else {
-		var d net.Dialer
-		nc, err = d.DialContext(ctx, "tcp", addr)
-	}
+	nc, err := dialNet(ctx, addr, proxy)
 	if err != nil {
 		return nil, err
 	}
 	var shown string
-	conf := &tls.Config{
-		Certificates:       []tls.Certificate{id.cert},
-		MinVersion:         tls.VersionTLS12,
-		CipherSuites:       aeadSuites,
-		NextProtos:         []string{"tentacle/1"},
-		InsecureSkipVerify: true, // names, chains and dates are not checked: the key is pinned below
-		ClientSessionCache: sessions,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("the agent sent no certificate")
-			}
-			shown = thumbprint(cs.PeerCertificates[0])
-			if shown != pin {
-				return fmt.Errorf("pin mismatch")
-			}
-			return nil
-		},
+	conf := clientTLSConfig(id, sessions)
+	conf.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("the agent sent no certificate")
+		}
+		shown = thumbprint(cs.PeerCertificates[0])
+		if shown != pin {
+			return fmt.Errorf("pin mismatch")
+		}
+		return nil
 	}
 	tc := tls.Client(&batchConn{Conn: nc}, conf) // batchConn: large bodies leave in large writes
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -198,6 +195,28 @@ func isRefusal(err error) bool {
 // that from= or expires= keeps out, so the message names both.
 func refusedError(addr, self string) error {
 	return fmt.Errorf("the agent at %s does not trust this client (thumbprint %s), or its trust entry's from= or expires= keeps this connection out: on the agent, run \"tentacle trust add %s NAME\" (with -home DIR if the agent runs with one), or check that entry's options with \"tentacle trust list\"", addr, self, self)
+}
+
+// dialNet opens the TCP connection to addr, directly or through proxy.
+func dialNet(ctx context.Context, addr, proxy string) (net.Conn, error) {
+	if proxy != "" {
+		return dialProxy(ctx, proxy, addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// clientTLSConfig is the client's side of PROTOCOL §1, but for the pin
+// check, which the caller adds as VerifyConnection.
+func clientTLSConfig(id *identity, sessions tls.ClientSessionCache) *tls.Config {
+	return &tls.Config{
+		Certificates:       []tls.Certificate{id.cert},
+		MinVersion:         tls.VersionTLS12,
+		CipherSuites:       aeadSuites,
+		NextProtos:         []string{"tentacle/1"},
+		InsecureSkipVerify: true, // names, chains and dates are not checked: the key is pinned in VerifyConnection
+		ClientSessionCache: sessions,
+	}
 }
 
 // dialProxy opens a tunnel to addr through an HTTP CONNECT proxy.
@@ -371,6 +390,9 @@ func cmdCall(args []string, stdout, stderr io.Writer) int {
 	if m, ok := protocolMethods()[rest[1]]; ok && m.body {
 		fmt.Fprintf(stderr, "tentacle call: %s carries a body: use tentacle upload, download or push\n", rest[1])
 		return 2
+	}
+	if c.fan != nil {
+		return c.fanCall(rest[1], params)
 	}
 	cc := c.dial(rest[0])
 	if cc == nil {

@@ -96,19 +96,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 			return c.usage("%s %q: want 1 to 64 of A-Z a-z 0-9 . _ -, not starting with \".\"", n[0], n[1])
 		}
 	}
-	cc := c.dial(addr)
-	if cc == nil {
-		return exitNoJob
-	}
-	f := c.follower(addr)
-	f.setConn(cc)
-	defer f.close()
-	sha, err := pushPackage(cc, file, progressTo(stderr))
-	if err != nil {
-		c.fail(fmt.Errorf("failed to push %q: %w", file, err))
-		return exitNoJob
-	}
-	params := map[string]any{"app": app, "version": version, "package": sha, "retain": *retain}
+	params := map[string]any{"app": app, "version": version, "retain": *retain}
 	if len(vars) > 0 {
 		params["variables"] = map[string]string(vars)
 	}
@@ -121,16 +109,28 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 	if *format != "" {
 		params["format"] = *format
 	}
-	var started struct {
-		Ticket string `json:"ticket"`
-		State  string `json:"state"`
+	if c.fan != nil {
+		return c.fanDeploy(app, version, file, params)
 	}
-	if err := cc.call("deploy.start", params, &started); err != nil {
+	cc := c.dial(addr)
+	if cc == nil {
+		return exitNoJob
+	}
+	f := c.follower(addr)
+	f.setConn(cc)
+	defer f.close()
+	sha, err := pushPackage(cc, file, progressTo(stderr))
+	if err != nil {
+		c.fail(fmt.Errorf("failed to push %q: %w", file, err))
+		return exitNoJob
+	}
+	params["package"] = sha
+	state, err := f.start("deploy.start", params)
+	if err != nil {
 		c.fail(err)
 		return exitNoJob
 	}
-	f.ticket = started.Ticket
-	if started.State == stateQueued {
+	if state == stateQueued {
 		fmt.Fprintf(stderr, "tentacle deploy: job %s queued behind another deploy of %s\n", f.ticket, app)
 	}
 	stopSignals := f.handleInterrupt()
@@ -213,6 +213,9 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	rest := c.args
+	if c.fan != nil {
+		return c.fanReleases(strings.Join(rest[1:], ""))
+	}
 	cc := c.dial(rest[0])
 	if cc == nil {
 		return 1
@@ -276,6 +279,9 @@ func cmdRollback(args []string, stdout, stderr io.Writer) int {
 	params := map[string]string{"app": rest[1]}
 	if len(rest) == 3 {
 		params["to"] = rest[2]
+	}
+	if c.fan != nil {
+		return c.fanRollback(rest[1], params["to"])
 	}
 	cc := c.dial(rest[0])
 	if cc == nil {

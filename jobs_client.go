@@ -137,6 +137,9 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 	if *isolation == "full" {
 		params["isolation"] = "full"
 	}
+	if c.fan != nil {
+		return c.fanExec(params)
+	}
 	return c.execJob(c.args[0], params)
 }
 
@@ -176,15 +179,10 @@ func (c *clientCmd) execJob(addr string, params map[string]any) int {
 	}
 	f.setConn(cc)
 	defer f.close()
-	var started struct {
-		Ticket string `json:"ticket"`
-		State  string `json:"state"`
-	}
-	if err := cc.call("script.start", params, &started); err != nil {
+	if _, err := f.start("script.start", params); err != nil {
 		c.fail(err)
 		return exitNoJob
 	}
-	f.ticket = started.Ticket
 	stopSignals := f.handleInterrupt()
 	defer stopSignals()
 	st, err := f.follow()
@@ -500,6 +498,9 @@ func cmdJobs(args []string, stdout, stderr io.Writer) int {
 	asJSON := c.fs.Bool("json", false, "print one JSON object a line instead of a table")
 	if code, ok := c.parse(args, 1, 1); !ok {
 		return code
+	}
+	if c.fan != nil {
+		return c.fanJobs()
 	}
 	cc := c.dial(c.args[0])
 	if cc == nil {

@@ -38,6 +38,7 @@ func init() {
 		{"new-certificate", "make the agent's identity (key and certificate)", cmdNewCertificate},
 		{"show-thumbprint", "print this home's thumbprint", cmdShowThumbprint},
 		{"trust", "add, remove or list trusted servers", cmdTrust},
+		{"agents", "name agents, learn their pins, show their status", cmdAgents},
 		{"call", "send one request to an agent and print the result", cmdCall},
 		{"exec", "run a script on an agent, streaming its output", cmdExec},
 		{"jobs", "list an agent's jobs", cmdJobs},

@@ -181,13 +181,19 @@ func uploadFile(cc *clientConn, local, remote, mode string, overwrite bool, prog
 	if err != nil {
 		return nil, err
 	}
+	return uploadOpen(cc, f, size, sha, remote, mode, overwrite, progress)
+}
+
+// uploadOpen is uploadFile for an open file whose digest is known (fan-out
+// mode hashes once and sends to every agent).
+func uploadOpen(cc *clientConn, f *os.File, size int64, sha, remote, mode string, overwrite bool, progress io.Writer) (*fileResult, error) {
 	params := map[string]any{"path": remote, "size": size, "sha256": sha, "overwrite": overwrite}
 	if mode != "" {
 		params["mode"] = mode
 	}
 	bar := newProgressBar(progress, "sending", size)
 	var res fileResult
-	err = cc.callStream("file.upload", params, io.NewSectionReader(f, 0, size), size, bar.add, &res)
+	err := cc.callStream("file.upload", params, io.NewSectionReader(f, 0, size), size, bar.add, &res)
 	bar.done()
 	if err != nil {
 		return nil, err
@@ -456,6 +462,9 @@ func cmdUpload(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tentacle upload: %v\n", err)
 		return 1
 	}
+	if c.fan != nil {
+		return c.fanUpload(local, remote, *mode, !*noOverwrite)
+	}
 	cc := c.dial(addr)
 	if cc == nil {
 		return 1
@@ -532,6 +541,9 @@ func cmdPush(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "tentacle push: failed to read %q: %v\n", rest[1], err)
 		return 1
+	}
+	if c.fan != nil {
+		return c.fanPush(f, fi.Size(), sha)
 	}
 	const attempts = 4
 	broken := false // the last attempt lost its connection
