@@ -287,9 +287,9 @@ func handleDeployStart(c *call) (any, error) {
 		return nil, errorf(kindInvalidParams, "version %q is reserved (it names the app's %s folder)", p.Version, p.Version)
 	}
 	switch p.Format {
-	case "", formatZip, formatTar, formatTarGz:
+	case "", formatZip, formatTar, formatTarGz, formatTarBz2:
 	default:
-		return nil, errorf(kindInvalidParams, "format %q: want zip, tar or tar.gz (or leave it out to recognise it)", p.Format)
+		return nil, errorf(kindInvalidParams, "format %q: want zip, tar, tar.gz or tar.bz2 (or leave it out to recognise it)", p.Format)
 	}
 	names := make([]string, 0, len(p.Variables))
 	for k, v := range p.Variables {
@@ -430,7 +430,7 @@ func (d *deployManager) run(j *job, spec deploySpec) (err error) {
 		j.logf("extracting package %s into %q", spec.sha, relDir)
 		t0 := time.Now()
 		stats, err := extractPackage(j.context(), pkg, spec.format, relDir,
-			extractLimits{MaxSize: d.cfg.ExtractMaxSize, MaxFiles: d.cfg.ExtractMaxFile})
+			extractLimits{MaxSize: d.cfg.ExtractMaxSize, MaxFiles: d.cfg.ExtractMaxFile, Reserve: d.cfg.DiskReserve})
 		if err == nil {
 			err = syncTree(relDir)
 		}
