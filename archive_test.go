@@ -1017,7 +1017,7 @@ func TestExtractSymlinkBomb(t *testing.T) {
 	}
 	t.Logf("%d symlinks of %d-byte targets from a %d KB tar.gz in %v; os.Symlink alone %v (ratio %.2f)",
 		n, len(target), buf.Len()>>10, took.Round(time.Millisecond), baseline.Round(time.Millisecond), float64(took)/float64(baseline))
-	if took > 3*baseline+2*time.Second {
+	if took > 3*baseline+2*time.Second && !raceDetector { // which slows our part, not the kernel's, 5 to 10 times
 		t.Fatalf("took %v, against %v for the links alone: not linear", took, baseline)
 	}
 }
@@ -1177,7 +1177,7 @@ func TestExtractNameMemory(t *testing.T) {
 	}
 	names := uint64(n) * 3900
 	t.Logf("%d entries, %d MB of names, %d KB package: the heap rose %d MB", n, names>>20, len(pkg)>>10, grew>>20)
-	if grew > names/3 {
+	if grew > names/3 && !raceDetector { // which adds its own few MB, more than 4,000 names take
 		t.Fatalf("the heap rose %d MB for %d MB of names", grew>>20, names>>20)
 	}
 }
@@ -1390,10 +1390,20 @@ func FuzzExtract(f *testing.F) {
 	f.Add(tarBz2())
 	lim := extractLimits{MaxSize: 1 << 20, MaxFiles: 64}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		pkg := filepath.Join(dir, "pkg")
+		if err := os.WriteFile(pkg, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		for _, format := range []string{formatZip, formatTarGz, formatTar, formatTarBz2, ""} {
 			// The parent holds nothing but rel: a write through a link to
 			// ".." or anywhere above would show beside it.
-			parent, rel, st, err := extractBytes(t, data, format, lim)
+			parent := filepath.Join(dir, "x"+format)
+			rel := filepath.Join(parent, "rel")
+			if err := os.MkdirAll(rel, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			st, err := extractPackage(context.Background(), pkg, format, rel, lim)
 			onlyRelease(t, parent)
 			if n := treeSize(t, rel); n > lim.MaxSize {
 				t.Fatalf("%d bytes written past the %d bound", n, lim.MaxSize)
