@@ -64,6 +64,21 @@ func (f rawFile) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+func (f rawFile) Seek(off int64, whence int) (int64, error) {
+	n, err := syscall.Seek(int(f), off, whence)
+	if err != nil {
+		return n, &fs.PathError{Op: "seek", Path: "", Err: err}
+	}
+	return n, nil
+}
+
+func (f rawFile) Truncate(size int64) error {
+	if err := syscall.Ftruncate(int(f), size); err != nil {
+		return &fs.PathError{Op: "truncate", Path: "", Err: err}
+	}
+	return nil
+}
+
 func (f rawFile) Close() error {
 	if err := syscall.Close(int(f)); err != nil {
 		return &fs.PathError{Op: "close", Path: "", Err: err}

@@ -51,9 +51,9 @@ func handleDeployStart(c *call) (any, error) {
 		return nil, errorf(kindInvalidParams, "version %q is reserved (it names the app's %s folder)", p.Version, p.Version)
 	}
 	switch p.Format {
-	case "", formatZip, formatTar, formatTarGz:
+	case "", formatZip, formatTar, formatTarGz, formatTarBz2:
 	default:
-		return nil, errorf(kindInvalidParams, "format %q: want zip, tar or tar.gz (or leave it out to recognise it)", p.Format)
+		return nil, errorf(kindInvalidParams, "format %q: want zip, tar, tar.gz or tar.bz2 (or leave it out to recognise it)", p.Format)
 	}
 	names := make([]string, 0, len(p.Variables))
 	for k, v := range p.Variables {

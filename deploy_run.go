@@ -192,7 +192,7 @@ func (r *deployRun) extract() error {
 	r.j.logf("extracting package %s into %q", r.spec.sha, r.relDir())
 	t0 := time.Now()
 	stats, err := extractPackage(r.j.context(), pkg, r.spec.format, r.relDir(),
-		extractLimits{MaxSize: r.d.cfg.ExtractMaxSize, MaxFiles: r.d.cfg.ExtractMaxFile})
+		extractLimits{MaxSize: r.d.cfg.ExtractMaxSize, MaxFiles: r.d.cfg.ExtractMaxFile, Reserve: r.d.cfg.DiskReserve})
 	if err == nil {
 		err = syncTree(r.relDir())
 	}
