@@ -9,6 +9,7 @@ package main
 
 import (
 	"errors"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -51,3 +52,28 @@ func startInCgroup(cmd *exec.Cmd, g *cgroup) error { return cgroupSupport() }
 func procLimitNote(maxProcs int) string { return "" }
 
 func limitProcs(pid, maxProcs int) {}
+
+// dirHandle is an open folder of the release that files are created in,
+// through os.Root.
+type dirHandle struct{ r *os.Root }
+
+func openDirHandle(root *os.Root, dir string) (*dirHandle, error) {
+	if dir == "" {
+		dir = "."
+	}
+	r, err := root.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &dirHandle{r: r}, nil
+}
+
+func (d *dirHandle) close() error { return d.r.Close() }
+
+// create makes base, which must not exist, and returns it open for writing.
+func (d *dirHandle) create(base string, mode fs.FileMode) (fileWriter, error) {
+	return d.r.OpenFile(base, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+}
+
+// syncTree makes everything written under dir durable.
+func syncTree(dir string) error { return syncTreeWalk(dir) }

@@ -1,6 +1,6 @@
 package main
 
-// archive_format.go: recognising a package's format from its bytes, and
+// deploy_archive_format.go: recognising a package's format from its bytes, and
 // the decompressing half of tar.gz and tar.bz2 extraction.
 
 import (
@@ -189,7 +189,7 @@ func (b *blockReader) Read(p []byte) (int, error) {
 			return 0, b.err
 		}
 		if b.buf != nil {
-			copyBufs.Put(b.buf)
+			putBuf(b.buf)
 			b.buf = nil
 		}
 		select {
@@ -241,7 +241,7 @@ func (x *extractor) extractCompressedTar(dec io.Reader) error {
 		}
 		lr := &io.LimitedReader{R: dec, N: bound}
 		for {
-			bp := copyBufs.Get().(*[]byte)
+			bp := getBuf()
 			n, err := 0, error(nil)
 			for n < len(*bp) && err == nil {
 				var m int
@@ -252,12 +252,12 @@ func (x *extractor) extractCompressedTar(dec io.Reader) error {
 				select {
 				case blocks <- (*bp)[:n]:
 				case <-stop:
-					copyBufs.Put(bp)
+					putBuf(bp)
 					errc <- errors.New("stopped")
 					return
 				}
 			} else {
-				copyBufs.Put(bp)
+				putBuf(bp)
 			}
 			if err == io.EOF && lr.N <= 0 {
 				err = errorf(kindTooLarge, "the package decompresses to more than its bound (raise -extract-max-size)")
@@ -279,8 +279,8 @@ func (x *extractor) extractCompressedTar(dec io.Reader) error {
 	}
 	// Read to the end of the compressed stream, so its checksum and length
 	// are verified: a truncated package fails even past the tar end marker.
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	bp := getBuf()
+	defer putBuf(bp)
 	for {
 		_, err := br.Read(*bp)
 		if err == io.EOF {

@@ -1,6 +1,6 @@
 package main
 
-// archive_test.go: extraction of archives made in the tests: the good cases,
+// deploy_archive_test.go: extraction of archives made in the tests: the good cases,
 // the packages people really ship (issue 13), every refusal of issue 5's
 // list, the attacks on cost (links, overlaps, sparse files, names, the disk
 // reserve, cancels), fuzzing, and the extraction benchmark beside tar and

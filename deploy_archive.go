@@ -1,6 +1,6 @@
 package main
 
-// archive.go: safe, streaming extraction of zip, tar, tar.gz and tar.bz2
+// deploy_archive.go: safe, streaming extraction of zip, tar, tar.gz and tar.bz2
 // packages into a release folder (PROTOCOL §5 "Deploys", step 1).
 //
 // Nothing is ever written outside the release, and that holds because
@@ -70,10 +70,6 @@ const (
 	kindLinkEntry                        // a symlink
 	kindMade        entryKind = 0x80
 )
-
-// copyBufs are the buffers file data is copied through and, for tar.gz, the
-// blocks handed from the decompressing goroutine to the writing one.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // reserveEvery is how much may be written between two measures of the free
 // space, so that other writers on the disk are noticed: one statfs per 16 MiB
@@ -414,8 +410,8 @@ func (x *extractor) writeFile(name, clean string, mode fs.FileMode, size int64, 
 			err = cerr
 		}
 	}()
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	bp := getBuf()
+	defer putBuf(bp)
 	buf := *bp
 	var n, hole int64
 	for n <= size { // one read past size, to see the end (a zip checks its CRC there)

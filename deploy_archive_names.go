@@ -1,6 +1,6 @@
 package main
 
-// archive_names.go: what an archive entry's name may be, how a zip's name
+// deploy_archive_names.go: what an archive entry's name may be, how a zip's name
 // is decoded, and how the extractor remembers the paths it made.
 
 import (

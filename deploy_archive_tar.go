@@ -1,6 +1,6 @@
 package main
 
-// archive_tar.go: extracting a tar stream, entry by entry as it arrives.
+// deploy_archive_tar.go: extracting a tar stream, entry by entry as it arrives.
 
 import (
 	"archive/tar"

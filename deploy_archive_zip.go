@@ -1,6 +1,6 @@
 package main
 
-// archive_zip.go: extracting a zip, read in place through its central
+// deploy_archive_zip.go: extracting a zip, read in place through its central
 // directory: everything is checked before anything is created, then the
 // files are written by a few workers.
 
