@@ -66,7 +66,8 @@ RUN set -e; \
 COPY --from=build /out/ /
 # TENTACLE_SHUTDOWN_GRACE is under docker stop's 10 s: on SIGTERM the agent
 # lets jobs run that long, cancels what is left and exits 0 before Docker's
-# SIGKILL. For longer jobs raise both: docker stop -t 70 with 60s here.
+# SIGKILL. For longer jobs raise both: docker stop -t 75 with 60s here
+# (the grace, then -kill-grace 10s for jobs that ignore SIGTERM).
 ENV TENTACLE_HOME=/var/lib/tentacle \
     TENTACLE_LISTEN=:10933 \
     TENTACLE_SHUTDOWN_GRACE=8s
