@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -91,17 +92,6 @@ func (o *clientOpts) dialFor(stderr io.Writer, cmd, addr string) *clientConn {
 func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Duration, sessions tls.ClientSessionCache) (*clientConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var nc net.Conn
-	var err error
-	if proxy != "" {
-		nc, err = dialProxy(ctx, proxy, addr)
-	} else {
-		var d net.Dialer
-		nc, err = d.DialContext(ctx, "tcp", addr)
-	}
-	if err != nil {
-		return nil, err
-	}
 	var shown string
 	conf := &tls.Config{
 		Certificates:       []tls.Certificate{id.cert},
@@ -121,9 +111,30 @@ func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Durati
 			return nil
 		},
 	}
-	tc := tls.Client(&batchConn{Conn: nc}, conf) // batchConn: large bodies leave in large writes
-	if err := tc.HandshakeContext(ctx); err != nil {
-		nc.Close()
+	var hsErr error // the last attempt's handshake error, explained below
+	tc, err := retryDropped(ctx, func() (*tls.Conn, error) {
+		var nc net.Conn
+		var err error
+		if proxy != "" {
+			nc, err = dialProxy(ctx, proxy, addr)
+		} else {
+			var d net.Dialer
+			nc, err = d.DialContext(ctx, "tcp", addr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(&batchConn{Conn: nc}, conf) // batchConn: large bodies leave in large writes
+		if hsErr = tc.HandshakeContext(ctx); hsErr != nil {
+			nc.Close()
+			return nil, hsErr
+		}
+		return tc, nil
+	})
+	if err != nil && err != hsErr {
+		return nil, err
+	}
+	if err != nil {
 		if shown != "" && shown != pin {
 			return nil, fmt.Errorf("the agent at %s has thumbprint %s, not the pinned %s: refusing to talk to it", addr, shown, pin)
 		}
@@ -133,6 +144,32 @@ func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Durati
 		return nil, fmt.Errorf("TLS handshake with %s failed: %v", addr, err)
 	}
 	return &clientConn{tc: tc, br: bufio.NewReaderSize(tc, 64<<10), bw: bufio.NewWriterSize(tc, 64<<10), agent: shown}, nil
+}
+
+// retryDropped makes attempts at a connection until one succeeds, fails
+// for a reason a retry does not mend, or ctx ends. A busy agent closes the
+// connections it cannot take yet, before or during their handshake, without
+// a word (PROTOCOL §3 limits); an honest burst (a CI box starting 200 execs)
+// should try again, not fail. The waits double from 50 ms to 1 s, jittered
+// so that a burst spreads out.
+func retryDropped(ctx context.Context, attempt func() (*tls.Conn, error)) (*tls.Conn, error) {
+	wait := 50 * time.Millisecond
+	for {
+		tc, err := attempt()
+		var op *net.OpError
+		dropped := errors.Is(err, io.EOF) || errors.As(err, &op) && (op.Op == "read" || op.Op == "write") && !op.Timeout()
+		if !dropped {
+			return tc, err
+		}
+		t := time.NewTimer(wait/2 + rand.N(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // dialProxy opens a tunnel to addr through an HTTP CONNECT proxy.
