@@ -228,9 +228,6 @@ func (s *stallAfterFirstWrite) Read(p []byte) (int, error) { select {} }
 // (nothing but loopback exists in it). Where namespaces are not available
 // the flood is IPv4 only, and the test says so.
 func TestFloodLeavesTrustedClientServed(t *testing.T) {
-	if raceDetector {
-		t.Skip("the flood's timing needs a binary without -race")
-	}
 	inside := os.Getenv(netnsEnv) != ""
 	if !inside && inNetns(t, t.Name()) {
 		return
