@@ -296,11 +296,9 @@ type keySet struct {
 // add adds k and reports whether it was there already.
 func (ks *keySet) add(k string) bool {
 	if ks.set != nil {
-		if _, ok := ks.set[k]; ok {
-			return true
-		}
-		ks.set[k] = struct{}{}
-		return false
+		n := len(ks.set)
+		ks.set[k] = struct{}{} // one map operation: the length tells
+		return len(ks.set) == n
 	}
 	for _, x := range ks.list {
 		if x == k {
