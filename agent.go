@@ -38,12 +38,18 @@ type server struct {
 	ctx     context.Context // cancelled when shutdown begins
 	stop    context.CancelFunc
 
-	mu       sync.Mutex // guards conns, startups, closing
-	conns    map[*conn]struct{}
-	startups map[string]int // handshakes in progress by source address
-	closing  bool
-	wg       sync.WaitGroup // connection goroutines
-	verdicts sync.Map       // net.Conn in its handshake → verdict, for handle
+	mu         sync.Mutex // guards conns, closing
+	conns      map[*conn]struct{}
+	closing    bool
+	wg         sync.WaitGroup // connection goroutines
+	handshakes sync.Map       // net.Conn in its handshake → *handshake
+
+	// The listener's budgets (listener_admit.go, envelope_frame.go) and its
+	// rate-limited log (listener_log.go).
+	admit   *admission  // handshakes in progress, by source
+	keys    keyTurns    // connections by client key
+	lineMem *lineBudget // memory held by long request lines
+	noisy   *noisyLog   // rate-limited lines for what strangers cause
 
 	// testHookIdle, when set (by a test, before any connection), runs
 	// each time a connection has been marked idle, before it reads.
@@ -128,11 +134,21 @@ func runAgentContext(ctx context.Context, cfg *config, logw io.Writer, ready fun
 }
 
 // newLogger makes the agent's slog logger: text by default, JSON by flag.
+// JSON logs give durations in seconds (a number), not Go's nanoseconds, so
+// that a log pipeline reads 0.015 rather than 15000000.
 func newLogger(format string, w io.Writer) *slog.Logger {
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{ReplaceAttr: durationSeconds}))
 	}
 	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// durationSeconds writes a duration attribute as seconds.
+func durationSeconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.Float64Value(a.Value.Duration().Seconds())
+	}
+	return a
 }
 
 // newServer prepares the home, identity, trust list and subsystems.
@@ -184,7 +200,8 @@ func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &server{
 		cfg: cfg, log: log, id: id, started: time.Now(), ctx: sctx, stop: cancel,
-		conns: map[*conn]struct{}{}, startups: map[string]int{}, unlock: unlock,
+		conns: map[*conn]struct{}{}, unlock: unlock,
+		admit: newAdmission(&cfg.Limits), lineMem: &lineBudget{max: cfg.Limits.MaxLineMemory}, noisy: &noisyLog{log: log},
 	}
 	s.methods = protocolMethods()
 	for name, m := range cfg.extraMethods {

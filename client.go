@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -152,10 +153,6 @@ func (o *clientOpts) dialFor(stderr io.Writer, cmd, addr string) *clientConn {
 func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Duration, sessions tls.ClientSessionCache) (*clientConn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	nc, err := dialNet(ctx, addr, proxy)
-	if err != nil {
-		return nil, err
-	}
 	var shown string
 	conf := clientTLSConfig(id, sessions)
 	conf.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -168,9 +165,23 @@ func dialAgent(addr string, id *identity, pin, proxy string, timeout time.Durati
 		}
 		return nil
 	}
-	tc := tls.Client(&batchConn{Conn: nc}, conf) // batchConn: large bodies leave in large writes
-	if err := tc.HandshakeContext(ctx); err != nil {
-		nc.Close()
+	var hsErr error // the last attempt's handshake error, explained below
+	tc, err := retryDropped(ctx, func() (*tls.Conn, error) {
+		nc, err := dialNet(ctx, addr, proxy)
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(&batchConn{Conn: nc}, conf) // batchConn: large bodies leave in large writes
+		if hsErr = tc.HandshakeContext(ctx); hsErr != nil {
+			nc.Close()
+			return nil, hsErr
+		}
+		return tc, nil
+	})
+	if err != nil && err != hsErr {
+		return nil, err
+	}
+	if err != nil {
 		if shown != "" && shown != pin {
 			return nil, fmt.Errorf("the agent at %s has thumbprint %s, not the pinned %s: refusing to talk to it", addr, shown, pin)
 		}
@@ -216,6 +227,32 @@ func clientTLSConfig(id *identity, sessions tls.ClientSessionCache) *tls.Config 
 		NextProtos:         []string{"tentacle/1"},
 		InsecureSkipVerify: true, // names, chains and dates are not checked: the key is pinned in VerifyConnection
 		ClientSessionCache: sessions,
+	}
+}
+
+// retryDropped makes attempts at a connection until one succeeds, fails
+// for a reason a retry does not mend, or ctx ends. A busy agent closes the
+// connections it cannot take yet, before or during their handshake, without
+// a word (PROTOCOL §3 limits); an honest burst (a CI box starting 200 execs)
+// should try again, not fail. The waits double from 50 ms to 1 s, jittered
+// so that a burst spreads out.
+func retryDropped(ctx context.Context, attempt func() (*tls.Conn, error)) (*tls.Conn, error) {
+	wait := 50 * time.Millisecond
+	for {
+		tc, err := attempt()
+		var op *net.OpError
+		dropped := errors.Is(err, io.EOF) || errors.As(err, &op) && (op.Op == "read" || op.Op == "write") && !op.Timeout()
+		if !dropped {
+			return tc, err
+		}
+		t := time.NewTimer(wait/2 + rand.N(wait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
 	}
 }
 

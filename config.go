@@ -37,10 +37,21 @@ type limits struct {
 	MaxConns         int           `json:"max_conns"`
 	MaxWait          time.Duration `json:"-"`
 	// MaxStartups bounds connections still in their TLS handshake, overall
-	// and per source address (OpenSSH's MaxStartups and PerSourceMaxStartups),
-	// so idle sockets from one address cannot starve everybody else.
-	MaxStartups          int `json:"max_startups"`
-	MaxStartupsPerSource int `json:"max_startups_per_source"`
+	// and per source (OpenSSH's MaxStartups, PerSourceMaxStartups and
+	// PerSourceNetBlockSize), so idle sockets cannot starve everybody else;
+	// the rest of the admission rules are in listener_admit.go.
+	MaxStartups          startups      `json:"-"`
+	MaxStartupsPerSource int           `json:"max_startups_per_source"`
+	SourceNetBlock       netBlock      `json:"-"`
+	SourcePenalty        time.Duration `json:"-"`
+	SourcePenaltyExempt  prefixes      `json:"-"`
+	HelloTimeout         time.Duration `json:"-"`
+	// Budgets once trusted: connections per client key, the time a request
+	// line may take from its first byte, and the memory all long lines
+	// still being received may hold together.
+	MaxConnsPerKey int           `json:"max_conns_per_key"`
+	LineTimeout    time.Duration `json:"-"`
+	MaxLineMemory  int64         `json:"max_line_memory"`
 }
 
 // config is everything `tentacle run` needs, after flags and environment.
@@ -68,6 +79,10 @@ type config struct {
 	// noCgroups makes the agent contain jobs with process groups only, as
 	// where cgroups are unavailable: the tests' option. Never set by a flag.
 	noCgroups bool
+
+	// logPeriod is how often rate-limited log lines are summarised (0: 10 s);
+	// tests shorten it. Never set by a flag.
+	logPeriod time.Duration
 
 	// extraMethods are methods beyond the protocol's table, served as if
 	// they were in it: the server's option for tests (see withMethod in
@@ -127,8 +142,16 @@ func runFlags(fs *flag.FlagSet) *config {
 	fs.DurationVar(&c.Limits.BodyTimeout, "body-timeout", 60*time.Second, "close a connection whose body stalls this `long`")
 	fs.IntVar(&c.Limits.MaxConns, "max-conns", 1024, "open connections at most")
 	fs.DurationVar(&c.Limits.MaxWait, "max-wait", 60*time.Second, "longest job.status wait_ms (`duration`)")
-	fs.IntVar(&c.Limits.MaxStartups, "max-startups", 64, "connections in their TLS handshake at most")
-	fs.IntVar(&c.Limits.MaxStartupsPerSource, "max-startups-per-source", 8, "connections in their TLS handshake at most from one address")
+	c.Limits.MaxStartups, c.Limits.SourceNetBlock = startups{64, 30, 256}, netBlock{24, 64}
+	fs.Var(&c.Limits.MaxStartups, "max-startups", "connections in their TLS handshake, `START:RATE:FULL`: from START on new ones are dropped at random (RATE %, rising to all at FULL); N alone is a hard cap")
+	fs.IntVar(&c.Limits.MaxStartupsPerSource, "max-startups-per-source", 8, "connections in their TLS handshake at most from one source; more wait their turn")
+	fs.Var(&c.Limits.SourceNetBlock, "source-net-block", "group source addresses by these prefix `V4:V6` lengths (32:128: each address its own source)")
+	fs.DurationVar(&c.Limits.SourcePenalty, "source-penalty", 5*time.Second, "penalty `duration` a source earns per handshake that times out; with more than 3 ahead its new connections are refused (0: none)")
+	fs.Var(&c.Limits.SourcePenaltyExempt, "source-penalty-exempt", "never penalize sources in these `CIDR[,CIDR]`, such as a NAT that trusted clients share with others")
+	fs.DurationVar(&c.Limits.HelloTimeout, "hello-timeout", 3*time.Second, "the TLS ClientHello must arrive within this `long`")
+	fs.IntVar(&c.Limits.MaxConnsPerKey, "max-conns-per-key", 64, "connections served at once per client key; 3× as many more wait their turn")
+	fs.DurationVar(&c.Limits.LineTimeout, "line-timeout", 30*time.Second, "a request line must arrive within this `long` of its first byte")
+	fs.Int64Var(&c.Limits.MaxLineMemory, "max-line-memory", 32<<20, "`bytes` all long request lines still being received may hold")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", envDuration("TENTACLE_SHUTDOWN_GRACE", 30*time.Second), "on SIGTERM, wait this `long` for requests and jobs (env TENTACLE_SHUTDOWN_GRACE)")
 	fs.DurationVar(&c.KillGrace, "kill-grace", 10*time.Second, "between SIGTERM and SIGKILL when killing a job (`duration`)")
 	fs.DurationVar(&c.JobRetention, "job-retention", 24*time.Hour, "remove finished jobs nobody completed after this `long`")
@@ -154,8 +177,11 @@ func (c *config) check() error {
 	if (c.CertFile == "") != (c.KeyFile == "") {
 		return errors.New("-cert and -key go together")
 	}
-	if c.Limits.MaxLine < 1024 || c.Limits.MaxConns < 1 || c.Limits.MaxStartups < 1 || c.Limits.MaxStartupsPerSource < 1 {
-		return errors.New("-max-line must be at least 1024 and -max-conns, -max-startups, -max-startups-per-source at least 1")
+	if c.Limits.MaxLine < 1024 || c.Limits.MaxConns < 1 || c.Limits.MaxStartupsPerSource < 1 || c.Limits.MaxConnsPerKey < 1 {
+		return errors.New("-max-line must be at least 1024 and -max-conns, -max-startups-per-source, -max-conns-per-key at least 1")
+	}
+	if c.Limits.MaxLineMemory < c.Limits.MaxLine {
+		return errors.New("-max-line-memory must be at least -max-line")
 	}
 	if c.JobMaxProcs < 0 || c.JobMaxProcs == 1 || c.JobMaxMemory < 0 || (c.JobMaxMemory > 0 && c.JobMaxMemory < 1<<20) {
 		return errors.New("-job-max-procs must be 0 (no limit) or at least 2, and -job-max-memory 0 (no limit) or at least 1048576 bytes")

@@ -5,15 +5,15 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -66,16 +66,21 @@ func (c *conn) beginClose() {
 // errShuttingDown ends an idle connection when the agent stops.
 var errShuttingDown = errors.New("agent shutting down")
 
-// armDeadline sets the read deadline before a read (timeout 0: none), or
-// refuses the read of an idle connection once the agent is shutting down.
-func (c *conn) armDeadline(timeout time.Duration) error {
+// armDeadline sets the read deadline before a read: timeout from now (0:
+// none), or by if that is sooner. It refuses the read of an idle
+// connection once the agent is shutting down.
+func (c *conn) armDeadline(timeout time.Duration, by time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.idle && c.closing {
 		return errShuttingDown
 	}
 	if timeout > 0 {
-		c.tc.SetReadDeadline(time.Now().Add(timeout))
+		d := time.Now().Add(timeout)
+		if !by.IsZero() && by.Before(d) {
+			d = by
+		}
+		c.tc.SetReadDeadline(d)
 	}
 	return nil
 }
@@ -101,21 +106,33 @@ func (s *server) serverTLSConfig() *tls.Config {
 			// refuse a client that offers only other protocols.
 			cfg.NextProtos = nil
 		}
+		// The ClientHello is in: the rest of the handshake has the
+		// handshake's deadline (handle), no longer the hello's.
+		hello.Conn.SetReadDeadline(time.Time{})
+		v, _ := s.handshakes.Load(hello.Conn)
+		hs, _ := v.(*handshake)
+		if hs == nil {
+			return nil, errors.New("connection not in a handshake")
+		}
+		hs.hello = true
 		addr := hello.Conn.RemoteAddr()
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 			if len(cs.PeerCertificates) == 0 {
-				s.log.Warn("rejected client", "peer", addr.String(), "reason", "no certificate")
+				s.noisy.event(slog.LevelWarn, "rejected client", addrIP(addr).Unmap().String(), "no certificate",
+					"peer", addr.String(), "reason", "no certificate")
 				return errors.New("a client certificate is required")
 			}
 			tp := thumbprint(cs.PeerCertificates[0])
 			list := s.trust.current()
-			entry, err := list.lookup(tp, addr, time.Now())
+			now := time.Now()
+			entry, err := list.lookup(tp, addr, now)
 			if err != nil {
-				s.log.Warn("rejected client", "peer", addr.String(), "thumbprint", tp, "reason", err.Error(),
-					"fix", "if this client should be trusted: tentacle trust add "+tp)
+				reason, fix := s.rejection(list, tp, addr, now)
+				s.noisy.event(slog.LevelWarn, "rejected client", addrIP(addr).Unmap().String(), reason,
+					"peer", addr.String(), "thumbprint", tp, "reason", err.Error(), "fix", fix)
 				return errors.New("client not trusted")
 			}
-			s.verdicts.Store(hello.Conn, verdict{entry, list})
+			hs.verdict = &verdict{entry, list}
 			return nil
 		}
 		return cfg, nil
@@ -136,8 +153,11 @@ var aeadSuites = []uint16{
 
 // serve accepts connections until the listener is closed. At most MaxConns
 // are open: past that, Accept is not called and new ones wait in the
-// kernel's backlog.
+// kernel's backlog. Each accepted connection is admitted to its handshake
+// (listener_admit.go), waits for its turn, or is closed at once.
 func (s *server) serve(ln net.Listener) error {
+	defer s.noisy.every(cmp.Or(s.cfg.logPeriod, 10*time.Second), s.admit.sweep)()
+
 	slots := make(chan struct{}, s.cfg.Limits.MaxConns)
 	var delay time.Duration
 	for {
@@ -159,52 +179,26 @@ func (s *server) serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		src := sourceOf(nc.RemoteAddr())
-		if !s.beginStartup(src) {
+		src := s.cfg.Limits.SourceNetBlock.group(nc.RemoteAddr())
+		w, ok, reason := s.admit.admit(src, time.Now())
+		if !ok {
 			nc.Close()
 			<-slots
-			s.log.Warn("dropped connection", "peer", nc.RemoteAddr().String(), "reason", "too many handshakes in progress")
+			s.dropped(nc, src, reason)
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-slots }()
-			s.handle(nc, src)
+			s.handle(nc, src, w)
 		}()
 	}
 }
 
-// sourceOf is the address a connection's handshakes are counted under.
-func sourceOf(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
-	}
-	return a.String()
-}
-
-// beginStartup admits a connection into its handshake unless that would
-// exceed MaxStartups overall or MaxStartupsPerSource from its address.
-func (s *server) beginStartup(src string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	total := 0
-	for _, n := range s.startups {
-		total += n
-	}
-	if s.closing || total >= s.cfg.Limits.MaxStartups || s.startups[src] >= s.cfg.Limits.MaxStartupsPerSource {
-		return false
-	}
-	s.startups[src]++
-	return true
-}
-
-func (s *server) endStartup(src string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.startups[src]--; s.startups[src] <= 0 {
-		delete(s.startups, src)
-	}
+// dropped logs a connection closed before its handshake.
+func (s *server) dropped(nc net.Conn, src netip.Prefix, reason string) {
+	s.noisy.event(slog.LevelWarn, "dropped connection", src.String(), reason, "peer", nc.RemoteAddr().String(), "source", src.String(), "reason", reason)
 }
 
 // verdict is the trust decision a handshake made, for its connection's
@@ -214,30 +208,63 @@ type verdict struct {
 	list  *trustList
 }
 
-// handle runs one connection: handshake, then the command loop.
-func (s *server) handle(nc net.Conn, src string) {
+// handshake is what one connection's TLS handshake found out, for handle.
+// Only the handshake's goroutine touches it.
+type handshake struct {
+	hello   bool     // the ClientHello arrived
+	verdict *verdict // the client is trusted
+}
+
+// handle runs one connection: its turn, the handshake, its key's turn,
+// then the command loop.
+func (s *server) handle(nc net.Conn, src netip.Prefix, w *waiter) {
+	lim := &s.cfg.Limits
+	if got, refused := await(s.ctx, w, lim.HandshakeTimeout, func(w *waiter) bool { return s.admit.leave(src, w) }); !got {
+		nc.Close()
+		reason := dropWaited
+		if refused {
+			reason = dropRefused
+		}
+		if s.ctx.Err() == nil {
+			s.dropped(nc, src, reason)
+		}
+		return
+	}
 	start := time.Now()
-	bc := &batchConn{Conn: nc} // large reply bodies leave in large writes
+	bc := &batchConn{Conn: &stallGuard{Conn: nc, timeout: lim.BodyTimeout}} // large reply bodies leave in large writes
 	tc := tls.Server(bc, s.tlsConf)
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Limits.HandshakeTimeout)
+	hs := &handshake{}
+	s.handshakes.Store(net.Conn(bc), hs)
+	if lim.HelloTimeout > 0 {
+		nc.SetReadDeadline(start.Add(lim.HelloTimeout)) // lifted when the ClientHello is in
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, lim.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
+	late := errors.Is(ctx.Err(), context.DeadlineExceeded)
 	cancel()
-	s.endStartup(src)
-	v, verified := s.verdicts.LoadAndDelete(net.Conn(bc))
-	if err != nil || !verified {
-		// Trust rejections were logged by the verifier with the thumbprint.
-		s.log.Debug("handshake failed", "peer", nc.RemoteAddr().String(), "err", err)
+	s.handshakes.Delete(net.Conn(bc))
+	timedOut := err != nil && (late || !hs.hello && isTimeout(err))
+	s.admit.done(src, timedOut, time.Now())
+	if err != nil || hs.verdict == nil {
+		switch {
+		case timedOut && !hs.hello:
+			s.timedOut(nc, src, fmt.Sprintf("no ClientHello within %v (-hello-timeout)", lim.HelloTimeout))
+		case timedOut:
+			s.timedOut(nc, src, fmt.Sprintf("handshake not finished within %v (-handshake-timeout)", lim.HandshakeTimeout))
+		default: // trust rejections were logged by the verifier
+			s.log.Debug("handshake failed", "peer", nc.RemoteAddr().String(), "err", err)
+		}
 		tc.Close()
 		return
 	}
 	cs := tc.ConnectionState()
-	vd := v.(verdict)
+	vd := hs.verdict
 	c := &conn{tc: tc, peer: &peer{addr: nc.RemoteAddr(), thumbprint: vd.entry.Thumbprint, entry: vd.entry}, list: vd.list}
 	if !s.track(c) {
 		tc.Close()
 		return
 	}
-	n, err := s.commandLoop(c)
+	n, err := s.serveKeyTurn(c)
 	s.untrack(c)
 	tc.Close()
 	// One line per connection, when it ends; its requests have their own.
@@ -246,11 +273,46 @@ func (s *server) handle(nc net.Conn, src string) {
 		"requests", n, "duration", time.Since(start).Round(time.Millisecond), "end", errString(err))
 }
 
-func errString(err error) string {
-	if err == nil || errors.Is(err, io.EOF) {
-		return "closed by client"
+// timedOut logs a handshake that timed out (it counts toward its source's
+// penalty).
+func (s *server) timedOut(nc net.Conn, src netip.Prefix, reason string) {
+	s.noisy.event(slog.LevelWarn, "handshake timed out", src.String(), reason, "peer", nc.RemoteAddr().String(), "source", src.String(), "reason", reason)
+}
+
+// serveKeyTurn runs the command loop once the connection's key has a turn
+// (-max-conns-per-key). Until then nothing is read: a waiting connection
+// is like an idle one. A key already holding its share is answered
+// too_large and closed.
+func (s *server) serveKeyTurn(c *conn) (int, error) {
+	lim := &s.cfg.Limits
+	key := c.peer.thumbprint
+	w, err := s.keys.take(key, lim.MaxConnsPerKey)
+	if err != nil {
+		s.refuse(c, errorf(kindTooLarge, "this client's key already has %d connections open or waiting (-max-conns-per-key %d): close some first",
+			4*lim.MaxConnsPerKey, lim.MaxConnsPerKey))
+		return 0, err
 	}
-	return err.Error()
+	if got, _ := await(s.ctx, w, lim.IdleTimeout, func(w *waiter) bool { return s.keys.leave(key, w) }); !got {
+		if s.ctx.Err() != nil {
+			return 0, errShuttingDown
+		}
+		return 0, errors.New("waited for a turn of its key (-max-conns-per-key) longer than -idle-timeout")
+	}
+	defer s.keys.give(key)
+	return s.commandLoop(c)
+}
+
+// refuse answers a connection that will not be served, before reading
+// anything, and ends its side of it; handle closes it. The client's request
+// may be on its way: it is read and dropped for a moment after the answer,
+// so that the close does not reset the connection and lose the answer.
+func (s *server) refuse(c *conn, re *rpcError) {
+	out := newResponseWriter(c.tc)
+	out.write(&response{Error: re})
+	if out.flush() == nil && c.tc.CloseWrite() == nil {
+		c.tc.SetReadDeadline(time.Now().Add(time.Second))
+		io.Copy(io.Discard, io.LimitReader(c.tc, 64<<10))
+	}
 }
 
 // track adds c to the open connections, unless the agent is shutting down.
@@ -276,8 +338,9 @@ func (s *server) untrack(c *conn) {
 // blank line or half a request), but not while a further request is
 // already buffered: pipelined requests share a write.
 func (s *server) commandLoop(c *conn) (n int, err error) {
+	lim := &s.cfg.Limits
 	out := newResponseWriter(c.tc)
-	dr := &deadlineReader{c: c, flush: out.flush}
+	dr := &deadlineReader{c: c, flush: out.flush, lineTimeout: lim.LineTimeout}
 	in := bufio.NewReaderSize(dr, 64<<10)
 	defer func() {
 		if ferr := out.flush(); err == nil || errors.Is(err, io.EOF) {
@@ -291,24 +354,39 @@ func (s *server) commandLoop(c *conn) (n int, err error) {
 		if s.testHookIdle != nil {
 			s.testHookIdle()
 		}
-		dr.timeout = s.cfg.Limits.IdleTimeout
-		line, rerr := readLine(in, int(s.cfg.Limits.MaxLine))
+		dr.timeout = lim.IdleTimeout
+		dr.beginLine(in.Buffered() > 0)
+		line, held, rerr := readLineBudget(in, int(lim.MaxLine), s.lineMem)
+		rerr = dr.endLine(rerr)
 		c.setIdle(false)
-		if errors.Is(rerr, errLineTooLong) {
-			out.write(&response{Error: errorf(kindTooLarge, "request line longer than %d bytes", s.cfg.Limits.MaxLine)})
+		var refusal *rpcError
+		switch {
+		case errors.Is(rerr, errLineTooLong):
+			refusal = errorf(kindTooLarge, "request line longer than %d bytes", lim.MaxLine)
+		case errors.Is(rerr, errLineMemory):
+			refusal = errorf(kindTooLarge, "the agent holds as many long request lines as it may (-max-line-memory %d bytes): send this one again later", lim.MaxLineMemory)
+		case errors.Is(rerr, errLineLate):
+			refusal = errorf(kindTooLarge, "request line not complete %v after its first byte (-line-timeout)", lim.LineTimeout)
+		}
+		if refusal != nil {
+			s.lineMem.give(held)
+			out.write(&response{Error: refusal})
 			return n, rerr
 		}
 		if rerr != nil && (rerr != io.EOF || len(line) == 0) {
+			s.lineMem.give(held)
 			if s.ctx.Err() != nil {
 				return n, errShuttingDown
 			}
 			return n, rerr
 		}
-		if len(bytes.TrimSpace(line)) == 0 {
+		if isBlank(line) {
+			s.lineMem.give(held)
 			continue
 		}
 		n++
 		done, closeAfter, werr := s.handleRequest(c, line, in, dr, out)
+		s.lineMem.give(held)
 		if werr == nil && in.Buffered() == 0 {
 			werr = out.flush()
 		}
@@ -322,41 +400,19 @@ func (s *server) commandLoop(c *conn) (n int, err error) {
 	}
 }
 
-// responseWriter writes answers, buffered, to a connection.
-type responseWriter struct {
-	bw  *bufio.Writer
-	enc *json.Encoder
-}
-
-func newResponseWriter(w io.Writer) *responseWriter {
-	bw := bufio.NewWriterSize(w, 32<<10)
-	enc := json.NewEncoder(bw)
-	enc.SetEscapeHTML(false)
-	return &responseWriter{bw: bw, enc: enc}
-}
-
-// write buffers one answer; an id of nil is written as null.
-func (w *responseWriter) write(r *response) error {
-	r.JSONRPC = "2.0"
-	if r.ID == nil {
-		r.ID = nullID
-	}
-	return w.enc.Encode(r) // Encode ends the line with "\n"
-}
-
-func (w *responseWriter) flush() error { return w.bw.Flush() }
-
 // inFlight is one request on its way through handleRequest.
 type inFlight struct {
-	c      *conn
-	start  time.Time
-	req    *request
-	m      method
-	known  bool
-	call   *call
-	result any
-	err    error
-	close  bool // end the connection after the answer
+	c        *conn
+	start    time.Time
+	req      *request // nil when the line is not a JSON object
+	m        method
+	known    bool
+	call     *call // nil when the line was refused at the envelope
+	body     *bodyReader
+	bodySize int64
+	result   any
+	err      error
+	close    bool // end the connection after the answer
 }
 
 // handleRequest answers one request line in six steps: parse the envelope,
@@ -371,15 +427,18 @@ func (s *server) handleRequest(c *conn, line []byte, in *bufio.Reader, dr *deadl
 		x.m, x.known = s.methods[x.req.method]
 		x.call = &call{ctx: s.ctx, srv: s, peer: c.peer, method: x.req.method, params: x.req.params, tc: c.tc}
 		s.authorize(x)
-		s.findBody(x, in, dr)
-		if x.err == nil {
-			s.invoke(x)
-		}
-		s.settle(x)
 	}
+	s.findBody(x, in, dr)
+	if x.err == nil {
+		s.invoke(x)
+	}
+	s.settle(x)
 	done := requestDone{duration: time.Since(x.start), err: x.err}
-	if x.call != nil {
+	if x.req != nil {
 		done.method = x.req.method
+	}
+	if x.call != nil {
+		done.quiet = x.known && !x.m.mutates && !x.m.body && x.call.replyBody == nil
 	}
 	return done, x.close, s.reply(x, out)
 }
@@ -401,20 +460,42 @@ func (s *server) authorize(x *inFlight) {
 	case err != nil:
 		x.err, x.close = errorf(kindRevoked, "this client is no longer trusted: %v", err), true
 	case !x.known:
-		x.err = errorf(kindMethodNotFound, "unknown method %q", x.req.method)
+		x.err = errorf(kindMethodNotFound, "unknown method %q", clip(x.req.method, maxLogString))
 	case !entry.allows(x.m.groups):
 		x.err = errorf(kindForbidden, "trust entry %q does not allow %s (allow=%s)", entry.Name, x.req.method, strings.Join(entry.Allow, ","))
 	}
 }
 
-// findBody finds a body-carrying method's body, even for a refused request,
-// so that the stream stays in step. Without a readable size it cannot be
-// found: the request is answered with why, and the connection closed.
+// findBody finds the body that follows a request line, refused or not, so
+// that the stream stays in step: body bytes are never read as requests. A
+// known method's params must declare the body if the method takes one. A
+// line refused before its method and params are known good (an unknown
+// method, as from a newer client; a refused envelope) is taken at its
+// word: a "size" its params declare is skipped. A body that cannot be found
+// (a size mistyped, or declared twice) closes the connection after the
+// answer.
 func (s *server) findBody(x *inFlight, in *bufio.Reader, dr *deadlineReader) {
-	if !x.known || !x.m.body || x.close {
-		return
+	if x.close || x.req == nil {
+		return // revoked: nothing more is read; not an object: it declares nothing
 	}
-	size, err := bodySize(x.req.params)
+	var size int64
+	var err error
+	switch {
+	case x.known && !x.m.body:
+		return
+	case x.known:
+		size, err = bodySize(x.req.params)
+	default:
+		size, err = declaredSize(x.req.params)
+		for _, p := range x.req.moreParams {
+			if n, perr := declaredSize(p); err == nil && (perr != nil || n != size) {
+				err = errors.New("params is given twice, declaring different bodies")
+			}
+		}
+		if m, ok := s.methods[x.req.method]; err == nil && size < 0 && ok && m.body {
+			err = errors.New(`no "size" could be read from params`)
+		}
+	}
 	if err != nil {
 		if x.err == nil {
 			x.err = errorf(kindInvalidParams, "%v; the connection is closed because its body cannot be found", err)
@@ -422,8 +503,14 @@ func (s *server) findBody(x *inFlight, in *bufio.Reader, dr *deadlineReader) {
 		x.close = true
 		return
 	}
-	x.call.bodySize = size
-	x.call.body = &bodyReader{r: io.LimitReader(in, size), dr: dr, timeout: s.cfg.Limits.BodyTimeout}
+	if size < 0 {
+		return
+	}
+	x.body = &bodyReader{r: io.LimitReader(in, size), dr: dr, timeout: s.cfg.Limits.BodyTimeout}
+	x.bodySize = size
+	if x.call != nil {
+		x.call.body, x.call.bodySize = x.body, size
+	}
 }
 
 // invoke runs the method. A panic in it is the agent's fault: it is logged
@@ -446,8 +533,8 @@ func (s *server) invoke(x *inFlight) {
 // maxDiscard; past that, or on a broken stream, the connection closes) and
 // writes the audit line of a changing method.
 func (s *server) settle(x *inFlight) {
-	if b, ok := x.call.body.(*bodyReader); ok && !x.close {
-		switch left := x.call.bodySize - b.n; {
+	if b := x.body; b != nil && !x.close {
+		switch left := x.bodySize - b.n; {
 		case b.err != nil || left > maxDiscard:
 			x.close = true // the stream is broken, or too much to skip
 		case left > 0:
@@ -455,7 +542,7 @@ func (s *server) settle(x *inFlight) {
 				x.close = true
 			}
 		}
-		if x.close && x.err == nil && x.call.replyBody == nil {
+		if x.close && x.err == nil && x.call.replyBody == nil { // x.err == nil: the method ran
 			x.err = errorf(kindTooLarge, "the request's body was not read")
 		}
 	}
@@ -497,36 +584,4 @@ func (s *server) reply(x *inFlight, out *responseWriter) error {
 		}
 	}
 	return nil
-}
-
-// requestDone is what the request log line says of a handled request.
-type requestDone struct {
-	method   string
-	duration time.Duration
-	err      error
-}
-
-// logRequest writes the one line per request.
-func (s *server) logRequest(c *conn, d requestDone) {
-	outcome := "ok"
-	if d.err != nil {
-		var re *rpcError
-		if errors.As(d.err, &re) {
-			outcome = re.Kind()
-		} else {
-			outcome = kindInternal
-		}
-	}
-	s.log.Log(s.ctx, connLevel(c.peer.entry), "request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", c.peer.entry.Name,
-		"method", d.method, "duration", d.duration.Round(time.Microsecond), "outcome", outcome)
-}
-
-// connLevel is the level of a connection's log lines: the agent's own
-// health probe (every few seconds under Docker or Kubernetes) logs at debug,
-// so it does not drown the lines that matter.
-func connLevel(e *trustEntry) slog.Level {
-	if e != nil && e.self {
-		return slog.LevelDebug
-	}
-	return slog.LevelInfo
 }

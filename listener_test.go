@@ -137,7 +137,7 @@ func TestTrustDecisions(t *testing.T) {
 	}
 	logs := a.logs.String()
 	for _, want := range []string{
-		"rejected client", other.thumbprint, "tentacle trust add " + other.thumbprint,
+		"rejected client", other.thumbprint, "tentacle trust add -home " + a.home + " " + other.thumbprint,
 		"expired on 2001-01-01", "does not admit address 127.0.0.1",
 	} {
 		if !strings.Contains(logs, want) {
@@ -336,6 +336,8 @@ func TestSessionResumptionIsReverified(t *testing.T) {
 	}
 }
 
+// TestFramingRules: PROTOCOL §3 line by line; each line is followed by a
+// ping on the same connection, which must be answered next.
 func TestFramingRules(t *testing.T) {
 	a := startAgent(t)
 	tests := []struct {
@@ -367,6 +369,31 @@ func TestFramingRules(t *testing.T) {
 		{"notification", `{"method":"ping"}`, ""},
 		{"notification of unknown method", `{"method":"nope"}`, ""},
 		{"deep nesting", `{"id":20,"method":"ping","params":{"a":` + strings.Repeat("[", 200) + strings.Repeat("]", 200) + `}}`, `"code":-32600`},
+		// Every refused envelope is answered, whatever its members' order
+		// (issue 13 #11).
+		{"mistyped ID after method", `{"method":"ping","ID":1}`, `unknown member \"ID\"`},
+		{"mistyped ID before method", `{"ID":1,"method":"ping"}`, `unknown member \"ID\"`},
+		{"bad jsonrpc after method", `{"method":"ping","jsonrpc":"1.0","id":2}`, `"id":2,"error":{"code":-32600`},
+		{"bad jsonrpc after method, no id", `{"method":"ping","jsonrpc":"1.0"}`, `"id":null,"error":{"code":-32600`},
+		{"unknown member after method", `{"method":"ping","extra":true,"id":3}`, `"id":3,"error":{"code":-32600,"message":"unknown member \"extra\"`},
+		{"duplicate key after method", `{"method":"ping","method":"ping"}`, `duplicate key \"method\"`},
+		{"params not an object after method", `{"method":"ping","params":7}`, `"id":null,"error":{"code":-32602`},
+		// JSON's white space, depth and keys (issue 13 #12).
+		{"spaces and tabs are blank", " \t ", ""},
+		{"form feed is not blank", "\f", `"code":-32700`},
+		{"vertical tab is not blank", "\v", `"code":-32700`},
+		{"no-break space is not blank", "\u00a0", `"code":-32700`},
+		{"em space is not blank", "\u2003", `"code":-32700`},
+		{"form feed around a request", "\f" + `{"id":1,"method":"ping"}`, `"code":-32700`},
+		{"next line is not white space", `{"id":1,"method":"ping"}` + "\u0085", `"code":-32700`},
+		{"deep and invalid", `{"id":2,"method":"ping","params":{"a":` + strings.Repeat("[", 200) + `}}`, `"id":null,"error":{"code":-32700`},
+		{"deep and cut short", strings.Repeat(`{"a":`, 100000), `"code":-32700`},
+		{"deep and valid", `{"id":3,"method":"ping","params":{"a":` + strings.Repeat("[", 200) + strings.Repeat("]", 200) + `}}`, `"code":-32600,"message":"the request nests deeper`},
+		{"two lone surrogates are two keys", `{"id":4,"method":"ping","params":{"\ud800":1,"\udc00":2}}`, `"id":4,"error":{"code":-32602,"message":"unknown field`},
+		{"one lone surrogate twice is a duplicate", `{"id":5,"method":"ping","params":{"\ud800":1,"\uD800":2}}`, `duplicate key`},
+		{"an escaped pair is its character", `{"id":6,"method":"ping","params":{"\ud83d\ude00":1,"😀":2}}`, `duplicate key`},
+		{"a lone surrogate is not U+FFFD", `{"id":7,"method":"ping","params":{"\udfff":1,"\ufffd":2}}`, `unknown field`},
+		{"escaped and plain key are one key", `{"id":8,"method":"ping","\u0070arams":{},"params":{}}`, `duplicate key \"params\"`},
 	}
 	tc, err := rawTLS(a, a.client, nil)
 	if err != nil {
@@ -487,13 +514,17 @@ func TestLineCap(t *testing.T) {
 	}
 }
 
+// TestPerSourceHandshakeLimit: idle sockets from one address take its
+// source's share of handshakes and of waiting places, no more: the excess
+// is closed at once, and a trusted client from another source is served
+// within its handshake, not after the flood's 30 s.
 func TestPerSourceHandshakeLimit(t *testing.T) {
 	a := startAgent(t, func(c *config) {
 		c.Limits.MaxStartupsPerSource = 4
 		c.Limits.HandshakeTimeout = 30 * time.Second
+		c.Limits.HelloTimeout = 30 * time.Second
 	})
-	// 127.0.0.2 floods the agent with sockets that never start TLS.
-	flooder := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+	flooder := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.2.0.1")}, Timeout: 5 * time.Second}
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -507,17 +538,31 @@ func TestPerSourceHandshakeLimit(t *testing.T) {
 		}
 		conns = append(conns, nc)
 	}
-	// The flood's excess is dropped at once; the trusted client from
-	// 127.0.0.1 is served within its handshake, not after 30 s.
-	waitFor(t, "excess flood sockets to be dropped", 10*time.Second, func() bool {
-		return strings.Count(a.logs.String(), "too many handshakes in progress") >= 36
+	// 4 in their handshake, 16 (4 × 4) waiting their turn, 20 closed.
+	waitFor(t, "the flood to take its source's share", 10*time.Second, func() bool {
+		a.srv.admit.mu.Lock()
+		defer a.srv.admit.mu.Unlock()
+		return a.srv.admit.pending == 4 && a.srv.admit.waiting == 16
 	})
+	closed := 0
+	for _, nc := range conns {
+		nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := nc.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
+			closed++
+		}
+	}
+	if closed != 20 {
+		t.Fatalf("%d flood sockets closed at once, want 20", closed)
+	}
 	start := time.Now()
 	if err := pingWorks(a, a.client, nil); err != nil {
 		t.Fatalf("trusted client locked out by the flood: %v", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("ping during the flood took %v", d)
+	}
+	if !strings.Contains(a.logs.String(), dropSourceFull) {
+		t.Fatalf("the drops are not logged:\n%s", a.logs)
 	}
 }
 
@@ -693,43 +738,53 @@ func TestOpenSSLClient(t *testing.T) {
 	}
 }
 
+// FuzzRequestLine compares parseRequest with encoding/json where the two
+// should agree: what is JSON (invalid UTF-8 aside, which §3 refuses and
+// encoding/json replaces), what a duplicate key is (encoding/json turns
+// lone surrogates into U+FFFD, so it sees more duplicates, never fewer),
+// and, for an accepted line, its id, method and params.
 func FuzzRequestLine(f *testing.F) {
 	for _, s := range []string{
 		`{"id":1,"method":"ping"}`, `{"jsonrpc":"2.0","id":"x","method":"info","params":{}}`,
 		`{"method":"ping"}`, `[1]`, `{"id":1,"id":2}`, `{"id":1,"method":"a","params":{"a":[{"b":1,"b":2}]}}`,
 		"{\"id\":1,\"method\":\"\xff\"}", `{"id":1,"method":"ping"} x`, `{"ID":1}`, `{"id":-1.5e3,"method":"x","params":null}`,
+		`{"id":1,"method":"ping","params":{"\ud800":1,"\udc00":2}}`, `{"id":1,"method":"\ud800"}`, "\f", "\u00a0",
+		`{"method":"ping","ID":1}`, `{"a":` + strings.Repeat("[", 70) + `}`, `{"a":{"b":1},"a":2}`, `{"\u0061":1,"a":2}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		req, err := parseRequest(line)
-		// The hand-written scanner agrees with encoding/json on what JSON is.
-		isParseError := err != nil && err.(*rpcError).Kind() == kindParse
-		deep := err != nil && strings.Contains(err.Error(), "nests deeper")
-		if valid := utf8.Valid(line) && json.Valid(line); valid == isParseError && !deep {
+		var re *rpcError
+		if err != nil && !errors.As(err, &re) || re != nil && (re.Kind() == "" || re.Code == 0) {
+			t.Fatalf("error %v is not a protocol error", err)
+		}
+		isParseError := re != nil && re.Kind() == kindParse
+		valid := utf8.Valid(line) && json.Valid(line)
+		if valid == isParseError && !(isParseError == false && nestingDepth(line) > 10000) { // encoding/json stops at 10,000 levels
 			t.Fatalf("json.Valid = %v but parseRequest says %v for %q", valid, err, line)
 		}
-		if err == nil {
-			var env struct {
-				ID     json.RawMessage `json:"id"`
-				Method string          `json:"method"`
-			}
-			if json.Unmarshal(line, &env) != nil || env.Method != req.method || string(env.ID) != string(req.id) {
-				t.Fatalf("encoding/json reads %+v, parseRequest %+v, from %q", env, req, line)
-			}
+		if !valid || line[firstNonSpace(line)] != '{' || strings.Contains(fmt.Sprint(err), "nests deeper") {
+			return
+		}
+		ours := re != nil && strings.HasPrefix(re.Message, "duplicate key")
+		ref, refKey := jsonDuplicate(line)
+		if ours && !ref || ref && !ours && !strings.ContainsRune(refKey, utf8.RuneError) {
+			t.Fatalf("duplicate key: parseRequest %v, encoding/json %v (%q), for %q", err, ref, refKey, line)
 		}
 		if err != nil {
-			re, ok := err.(*rpcError)
-			if !ok || re.Kind() == "" || re.Code == 0 {
-				t.Fatalf("error %v is not a protocol error", err)
-			}
 			if req != nil && req.id != nil && !json.Valid(req.id) {
 				t.Fatalf("error carries an invalid id %q", req.id)
 			}
 			return
 		}
-		if !json.Valid(line) {
-			t.Fatalf("accepted a line that is not JSON: %q", line)
+		var env struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params json.RawMessage `json:"params"`
+		}
+		if json.Unmarshal(line, &env) != nil || env.Method != req.method || string(env.ID) != string(req.id) || string(env.Params) != string(req.params) {
+			t.Fatalf("encoding/json reads %+v, parseRequest %+v, from %q", env, req, line)
 		}
 		if req.params != nil && req.params[0] != '{' {
 			t.Fatalf("accepted params %q", req.params)
@@ -740,20 +795,120 @@ func FuzzRequestLine(f *testing.F) {
 	})
 }
 
+func firstNonSpace(b []byte) int {
+	return len(b) - len(bytes.TrimLeft(b, " \t\r\n"))
+}
+
+// nestingDepth is the deepest nesting of objects and arrays in JSON text,
+// strings skipped.
+func nestingDepth(b []byte) int {
+	depth, deepest, inString := 0, 0, false
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case inString && c == '\\':
+			i++
+		case c == '"':
+			inString = !inString
+		case inString:
+		case c == '{' || c == '[':
+			depth++
+			deepest = max(deepest, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return deepest
+}
+
+// jsonDuplicate finds a repeated key in any object of valid JSON text with
+// encoding/json's tokenizer, returning it.
+func jsonDuplicate(line []byte) (bool, string) {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	type open struct {
+		object    bool
+		keys      map[string]bool
+		expectKey bool
+	}
+	var stack []*open
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return false, ""
+		}
+		var top *open
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.expectKey {
+			if k, ok := tok.(string); ok {
+				if top.keys[k] {
+					return true, k
+				}
+				top.keys[k] = true
+				top.expectKey = false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &open{object: true, keys: map[string]bool{}, expectKey: true})
+			continue
+		case json.Delim('['):
+			stack = append(stack, &open{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+		if len(stack) > 0 && stack[len(stack)-1].object {
+			stack[len(stack)-1].expectKey = true // a value ended: a key comes next
+		}
+	}
+}
+
+// FuzzReadLine: readLine returns the lines bytes.Split finds, with a final
+// "\r" cut, and stops at the cap; long lines (gathered in pooled blocks past
+// the reader's buffer) come back whole.
 func FuzzReadLine(f *testing.F) {
 	f.Add([]byte("abc\r\ndef\n"), 4)
 	f.Add([]byte(strings.Repeat("x", 100)+"\n"), 16)
+	f.Add([]byte(strings.Repeat("y", 600<<10)+"\r\nz"), 1<<20)
 	f.Fuzz(func(t *testing.T, data []byte, max int) {
-		if max < 1 || max > 1<<16 {
+		if max < 1 || max > 2<<20 {
 			return
 		}
-		br := bufio.NewReaderSize(strings.NewReader(string(data)), 16)
-		for range len(data) + 1 {
+		want := bytes.Split(data, []byte("\n"))
+		if len(want[len(want)-1]) == 0 {
+			want = want[:len(want)-1] // no line after the last "\n"
+		}
+		br := bufio.NewReaderSize(bytes.NewReader(data), 16)
+		for i := 0; ; i++ {
 			line, err := readLine(br, max)
 			if len(line) > max {
 				t.Fatalf("line of %d bytes over cap %d", len(line), max)
 			}
+			if err == errLineTooLong {
+				return
+			}
+			if i >= len(want) {
+				if len(line) > 0 || err != io.EOF {
+					t.Fatalf("line %d %q, %v after the last line", i, line, err)
+				}
+				return
+			}
+			w := bytes.TrimSuffix(want[i], []byte("\r"))
+			if err == errLineTooLongWhole {
+				if len(w) <= max {
+					t.Fatalf("line %d of %d bytes refused as over %d", i, len(w), max)
+				}
+				continue
+			}
+			if !bytes.Equal(line, w) {
+				t.Fatalf("line %d is %d bytes %.40q, want %d bytes %.40q", i, len(line), line, len(w), w)
+			}
 			if err != nil {
+				if err != io.EOF || i != len(want)-1 {
+					t.Fatalf("line %d: %v", i, err)
+				}
 				return
 			}
 		}
@@ -777,6 +932,10 @@ func TestInfo(t *testing.T) {
 	if err := c.call("info", map[string]any{}, &info); err != nil {
 		t.Fatal(err)
 	}
+	// A read-only request logs at debug when it succeeds: this one fails.
+	if err := c.call("job.status", map[string]any{"ticket": "none"}, nil); rpcKind(err) != kindNotFound {
+		t.Fatal(err)
+	}
 	if info.Name != "tentacle" || info.Protocol != 1 || info.OS != runtime.GOOS || info.Home != a.home ||
 		info.Thumbprint != a.thumbprint || info.Client["thumbprint"] != a.client.thumbprint || info.Client["name"] != "test-client" ||
 		len(info.Shells) == 0 || info.Limits["max_line"] != float64(1<<20) {
@@ -789,13 +948,13 @@ func TestInfo(t *testing.T) {
 	}
 	// -log-format json: every line is a JSON object; the request line names
 	// the peer.
-	waitFor(t, "the request log line", 5*time.Second, func() bool { return strings.Contains(a.logs.String(), `"method":"info"`) })
+	waitFor(t, "the request log line", 5*time.Second, func() bool { return strings.Contains(a.logs.String(), `"method":"job.status"`) })
 	for _, l := range strings.Split(strings.TrimSpace(a.logs.String()), "\n") {
 		var m map[string]any
 		if err := json.Unmarshal([]byte(l), &m); err != nil {
 			t.Fatalf("log line %q is not JSON", l)
 		}
-		if m["msg"] == "request" && (m["thumbprint"] != a.client.thumbprint || m["name"] != "test-client" || m["outcome"] != "ok") {
+		if m["msg"] == "request" && (m["thumbprint"] != a.client.thumbprint || m["name"] != "test-client" || m["outcome"] != "not_found") {
 			t.Fatalf("request log line %q", l)
 		}
 	}
