@@ -98,11 +98,11 @@ func runAgent(cfg *config, logw io.Writer, ready func(*server, net.Addr)) error 
 // gracefully. ready, if not nil, is called once the agent is listening.
 func runAgentContext(ctx context.Context, cfg *config, logw io.Writer, ready func(*server, net.Addr)) error {
 	log := newLogger(cfg.LogFormat, logw)
-	defer startReaper(log)() // orphans of jobs (reaper_linux.go)
 	s, err := newServer(cfg, log)
 	if err != nil {
-		return err
+		return err // before the reaper's line: a start-up failure is one line
 	}
+	defer startReaper(log)() // orphans of jobs (sys_linux.go); newServer starts no process
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		s.close()
