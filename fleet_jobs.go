@@ -1,77 +1,14 @@
 package main
 
-// fleet_jobs.go: starting a job with a ticket of the client's choosing
-// (PROTOCOL §5), which single-mode exec and deploy use too, and the fan-out
-// forms of exec, call and jobs.
+// fleet_jobs.go: the fan-out forms of exec, call and jobs.
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 )
-
-// ticketless holds the agents (by the address or name dialled) that
-// refused a ticket: they are older than PROTOCOL §5's client-chosen tickets,
-// so their starts are sent without one.
-var ticketless sync.Map
-
-// clientTicket is a ticket of the client's choosing: 32 of a-z 0-9.
-func clientTicket() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// maxStartResends bounds how often a start whose answer was lost is sent
-// again (each after a reconnect).
-const maxStartResends = 3
-
-// start sends a job's start (script.start or deploy.start) with a ticket
-// of the client's choosing, so that a start whose answer was lost with its
-// connection is sent again on a new one and the job still runs once. An
-// agent older than tickets refuses the field: the start is then sent once
-// more without it, and that agent is remembered. It sets f.ticket.
-func (f *follower) start(method string, params map[string]any) (state string, err error) {
-	if _, old := ticketless.Load(f.addr); !old {
-		params["ticket"] = clientTicket()
-	}
-	var r struct {
-		Ticket string `json:"ticket"`
-		State  string `json:"state"`
-	}
-	for resent := 0; ; {
-		err = f.call(method, params, &r)
-		if err == nil {
-			f.ticket = r.Ticket
-			return r.State, nil
-		}
-		_, sent := params["ticket"]
-		var re *rpcError
-		if errors.As(err, &re) {
-			if sent && re.Kind() == kindInvalidParams && strings.Contains(re.Message, `unknown field "ticket"`) {
-				ticketless.Store(f.addr, true)
-				delete(params, "ticket")
-				continue
-			}
-			return "", err
-		}
-		// No answer: without a ticket a second start could run the job
-		// twice, so only a start with one is sent again.
-		if !sent || resent == maxStartResends {
-			return "", err
-		}
-		if f.recover(err) != nil {
-			return "", err
-		}
-		resent++
-	}
-}
 
 // callTimeout bounds a request of a fan-out command on an open connection,
 // so that an agent cut off mid-way cannot hold its slot for ever.
