@@ -400,10 +400,10 @@ func (c *clientConn) callDownload(method string, params, result any) (io.Reader,
 
 const usageCall = `
 Usage:
-  tentacle call [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR METHOD [PARAMS-JSON]
+  tentacle call [-home DIR] [-pin THUMBPRINT] [-proxy URL] TARGET METHOD [PARAMS-JSON]
 
-Sends one request to the agent at ADDR (port 10933 unless given) and prints
-the result as JSON. On an error answer, prints its message and exits 1.
+Sends one request to the agent at TARGET (port 10933 unless given) and
+prints the result as JSON. On an error answer, prints its message and exits 1.
 
 Example:
   tentacle call -pin 5B01…9A agent.example ping

@@ -12,12 +12,13 @@ import (
 
 const usageDeploy = `
 Usage:
-  tentacle deploy [-home DIR] -pin THUMBPRINT [-proxy URL] [-var NAME=VALUE]...
+  tentacle deploy [-home DIR] [-pin THUMBPRINT] [-proxy URL] [-var NAME=VALUE]...
                   [-retain N] [-timeout D] [-shell S] [-format F]
-                  ADDR APP VERSION PACKAGE-FILE
+                  [-batch N|P%] [-max-failures K] [-rollback-on-failure]
+                  TARGET APP VERSION PACKAGE-FILE
 
-Deploys PACKAGE-FILE (zip, tar or tar.gz) as release VERSION of APP on the
-agent at ADDR: the package goes into the agent's cache first (not sent again
+Deploys PACKAGE-FILE (zip, tar, tar.gz or tar.bz2) as release VERSION of
+APP on the agent at TARGET: the package goes into the agent's cache first (not sent again
 if it is there, resumed if a push was cut), then the agent extracts it into
 <home>/apps/APP/VERSION, runs the package's PreDeploy.sh and Deploy.sh,
 points <home>/apps/APP/current at it, and runs PostDeploy.sh. The deploy's
@@ -34,9 +35,9 @@ Example:
 
 const usageReleases = `
 Usage:
-  tentacle releases [-home DIR] -pin THUMBPRINT [-proxy URL] [-json] ADDR [APP]
+  tentacle releases [-home DIR] [-pin THUMBPRINT] [-proxy URL] [-json] TARGET [APP]
 
-Lists APP's releases on the agent at ADDR, oldest first, "*" marking
+Lists APP's releases on the agent at TARGET, oldest first, "*" marking
 current; without APP, lists the apps and their current release. With
 -json, one JSON object a line (deploy.list's items), for scripts.
 
@@ -47,7 +48,7 @@ Example:
 
 const usageRollback = `
 Usage:
-  tentacle rollback [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR APP [RELEASE]
+  tentacle rollback [-home DIR] [-pin THUMBPRINT] [-proxy URL] TARGET APP [RELEASE]
 
 Points APP's current at RELEASE (default: the newest successful release
 before the current one), atomically. No script runs. A failed or missing

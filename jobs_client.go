@@ -29,11 +29,11 @@ const followWait = 30 * time.Second
 
 const usageExec = `
 Usage:
-  tentacle exec [-home DIR] -pin THUMBPRINT [-proxy URL] [-shell S] [-timeout D]
+  tentacle exec [-home DIR] [-pin THUMBPRINT] [-proxy URL] [-shell S] [-timeout D]
                 [-isolation none|full] [-mutex M] [-env K=V]... [-cwd DIR]
-                [-file PATH|-] ADDR -- COMMAND...
+                [-file PATH|-] [-parallel N] [-group] [-json] TARGET -- COMMAND...
 
-Runs COMMAND on the agent at ADDR as a job, streams its stdout to stdout
+Runs COMMAND on the agent at TARGET as a job, streams its stdout to stdout
 and its stderr to stderr as it runs, completes the job and exits with the
 script's exit code, like "ssh host cmd": the words after "--" are joined
 with spaces into one command line for the shell, so
@@ -76,7 +76,7 @@ func (e envList) Set(s string) error {
 }
 
 // splitDashDash splits args at the first "--": the words before are flags
-// and ADDR, the words after are the script and its arguments.
+// and TARGET, the words after are the script and its arguments.
 func splitDashDash(args []string) (before, after []string, found bool) {
 	for i, a := range args {
 		if a == "--" {
@@ -102,7 +102,7 @@ func cmdExec(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if dashed && len(c.args) > 1 {
-		return c.usage("%q before \"--\": the command goes after it (ADDR -- COMMAND)", c.args[1])
+		return c.usage("%q before \"--\": the command goes after it (TARGET -- COMMAND)", c.args[1])
 	}
 	switch {
 	case *isolation != "none" && *isolation != "full":
@@ -157,7 +157,7 @@ func (c *clientCmd) execScript(file string, words []string) (script string, args
 			return "", nil, 1, false
 		}
 	case len(words) == 0:
-		return "", nil, c.usage("no script: give one after \"--\" (ADDR -- COMMAND) or with -file"), false
+		return "", nil, c.usage("no script: give one after \"--\" (TARGET -- COMMAND) or with -file"), false
 	default:
 		return strings.Join(words, " "), nil, 0, true
 	}
@@ -228,7 +228,7 @@ func jobExitCode(st *statusReply) (int, string) {
 
 const usageJobs = `
 Usage:
-  tentacle jobs [-home DIR] -pin THUMBPRINT [-proxy URL] [-json] ADDR
+  tentacle jobs [-home DIR] [-pin THUMBPRINT] [-proxy URL] [-json] TARGET
 
 Lists the agent's jobs, oldest first: running, queued, and finished ones
 nobody has completed yet (they are removed after the agent's retention
@@ -302,7 +302,7 @@ func orDash(s *string) string {
 
 const usageJob = `
 Usage:
-  tentacle job [-home DIR] -pin THUMBPRINT [-proxy URL] [-follow|-cancel|-complete] ADDR TICKET
+  tentacle job [-home DIR] [-pin THUMBPRINT] [-proxy URL] [-follow|-cancel|-complete] ADDR TICKET
 
 Shows one job: its state, outcome, exit code, times, a deploy's result, and
 its whole log, one line an entry (time, stream, text). With -follow it

@@ -423,9 +423,9 @@ func fmtDuration(d time.Duration) string {
 
 const usageUpload = `
 Usage:
-  tentacle upload [-home DIR] -pin THUMBPRINT [-proxy URL] [-mode MODE] [-no-overwrite] ADDR LOCAL REMOTE
+  tentacle upload [-home DIR] [-pin THUMBPRINT] [-proxy URL] [-mode MODE] [-no-overwrite] TARGET LOCAL REMOTE
 
-Sends the file LOCAL to the agent at ADDR, which writes it at REMOTE: an
+Sends the file LOCAL to the agent at TARGET, which writes it at REMOTE: an
 absolute path, or a path relative to the agent's <home>/files. The file's
 SHA-256 goes with it and the agent writes the file only if every byte
 arrived intact; REMOTE then appears whole or not at all (an earlier file
@@ -480,7 +480,7 @@ func cmdUpload(args []string, stdout, stderr io.Writer) int {
 
 const usageDownload = `
 Usage:
-  tentacle download [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR REMOTE LOCAL
+  tentacle download [-home DIR] [-pin THUMBPRINT] [-proxy URL] ADDR REMOTE LOCAL
 
 Fetches the file REMOTE (absolute, or relative to the agent's <home>/files)
 from the agent at ADDR into LOCAL (or into the folder LOCAL under REMOTE's
@@ -512,7 +512,7 @@ func cmdDownload(args []string, stdout, stderr io.Writer) int {
 
 const usagePush = `
 Usage:
-  tentacle push [-home DIR] -pin THUMBPRINT [-proxy URL] ADDR PACKAGE-FILE
+  tentacle push [-home DIR] [-pin THUMBPRINT] [-proxy URL] TARGET PACKAGE-FILE
 
 Puts a package (a zip, tar or tar.gz) into the agent's content-addressed
 package cache and prints its SHA-256, which "tentacle deploy" takes. Sends
