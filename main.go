@@ -1,8 +1,8 @@
-// Command tentacle is a listening deployment agent: it listens on TCP 10933
-// for mutually-authenticated TLS connections from trusted servers and runs
-// their scripts, takes their files and packages, and deploys releases. The
-// same binary is the client.
 package main
+
+// main.go: the command line: the table of commands, run (which main only
+// exits with), help and usage texts, flag parsing with its one-line
+// errors and suggestions, and the version. doc.go is the map of the rest.
 
 import (
 	"errors"

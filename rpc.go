@@ -1,8 +1,9 @@
 package main
 
-// rpc.go: what a method is and how it answers: error kinds, the method
-// registry, a request being handled (call), strict params decoding, and the
-// two methods every agent has, ping and info (PROTOCOL §4, §5).
+// rpc.go: what a method is and how it answers: error kinds, the one method
+// table (protocolMethods), a request being handled (call), strict params
+// decoding, and the two methods every agent has, ping and info (PROTOCOL
+// §4, §5).
 
 import (
 	"context"
