@@ -9,7 +9,9 @@ import (
 	"flag"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -298,3 +300,26 @@ var raceDetector = func() bool {
 	}
 	return false
 }()
+
+// TestDocMapNamesEveryFile: doc.go, the map of the code, names every
+// non-test Go file and no file that is gone, so it stays true.
+func TestDocMapNamesEveryFile(t *testing.T) {
+	doc, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob("*.go")
+	named := map[string]bool{}
+	for _, f := range regexp.MustCompile(`\b[a-z][a-z_]*\.go\b`).FindAllString(string(doc), -1) {
+		named[f] = true
+	}
+	for _, f := range files {
+		if !strings.HasSuffix(f, "_test.go") && f != "doc.go" && !named[f] && !strings.HasPrefix(f, "deploy_archive_") {
+			t.Errorf("doc.go does not name %s", f)
+		}
+		delete(named, f)
+	}
+	for f := range named {
+		t.Errorf("doc.go names %s, which does not exist", f)
+	}
+}
