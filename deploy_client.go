@@ -134,15 +134,9 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 	if state == stateQueued {
 		fmt.Fprintf(stderr, "tentacle deploy: job %s queued behind another deploy of %s\n", f.ticket, app)
 	}
-	stopSignals := f.handleInterrupt()
-	defer stopSignals()
-	st, err := f.follow()
-	if err != nil {
-		f.flush()
-		return f.failed(err)
-	}
-	if err := f.complete(); err != nil {
-		fmt.Fprintf(f.stderr, "tentacle deploy: job %s finished but could not be completed: %v\n", f.ticket, err)
+	st, code, ok := f.finish()
+	if !ok {
+		return code
 	}
 	var res struct {
 		Release string          `json:"release"`
@@ -156,7 +150,7 @@ func cmdDeploy(args []string, stdout, stderr io.Writer) int {
 		outcome = *st.Outcome
 	}
 	cur := f.currentOf(app, res.Current)
-	code := 0
+	code = 0
 	switch outcome {
 	case outcomeSuccess:
 		fmt.Fprintf(f.stdout, "deployed %s %s as release %s: current -> %s\n", app, version, res.Release, cur)

@@ -32,12 +32,7 @@ func handleDeployStart(c *call) (any, error) {
 		Shell     string            `json:"shell"`
 		Ticket    string            `json:"ticket"`
 	}
-	if err := decodeParams(c.params, &p); err != nil {
-		return nil, err
-	}
-	fp := p
-	fp.Ticket = "" // the ticket names the job; the rest must match
-	origin, err := c.jobOrigin(p.Ticket, fp)
+	origin, err := c.decodeStart(&p, &p.Ticket)
 	if err != nil {
 		return nil, err
 	}

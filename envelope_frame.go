@@ -258,6 +258,37 @@ func endOfLine(line []byte, err error, max int, held int64) ([]byte, int64, erro
 	return line, held, err
 }
 
+// eachLine calls fn for each line of a text file read from r (the trust
+// list, the agents file), numbered from 1, without its end: a line over max
+// bytes is passed as tooLong, and the rest of it skipped. An error of fn
+// stops the reading and is returned.
+func eachLine(r io.Reader, max int, fn func(n int, line []byte, tooLong bool) error) error {
+	br := bufio.NewReaderSize(r, 4096)
+	for n := 1; ; n++ {
+		line, err := readLine(br, max)
+		tooLong := errors.Is(err, errLineTooLong)
+		if tooLong {
+			whole := err == errLineTooLongWhole
+			line, err = nil, nil
+			if !whole {
+				err = skipLine(br) // io.EOF when it was the last line
+			}
+		}
+		eof := err == io.EOF
+		if err != nil && !eof {
+			return err
+		}
+		if !eof || len(line) > 0 || tooLong {
+			if err := fn(n, line, tooLong); err != nil {
+				return err
+			}
+		}
+		if eof {
+			return nil
+		}
+	}
+}
+
 // skipLine consumes the rest of a line.
 func skipLine(br *bufio.Reader) error {
 	for {

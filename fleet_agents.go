@@ -8,7 +8,6 @@ package main
 // the lines it does not understand kept as they were.
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -98,50 +97,37 @@ func readAgents(home string) (*agentsFile, error) {
 
 // parse reads the lines of r into a.
 func (a *agentsFile) parse(r io.Reader) error {
-	br := bufio.NewReaderSize(r, 4096)
 	size := 0
-	for n := 1; ; n++ {
-		raw, err := readLine(br, maxAgentsLine)
-		if errors.Is(err, errLineTooLong) {
+	return eachLine(r, maxAgentsLine, func(n int, raw []byte, tooLong bool) error {
+		if tooLong {
 			a.problem(n, fmt.Errorf("longer than %d bytes", maxAgentsLine))
 			a.lines = append(a.lines, droppedLine) // keeps the numbering
-			if err == errLineTooLongWhole {
-				continue
-			}
-			if err = skipLine(br); err == nil {
-				continue
-			}
-		}
-		eof := err == io.EOF
-		if err != nil && !eof {
-			return err
+			return nil
 		}
 		if size += len(raw) + 1; size > maxAgentsFile {
 			return fmt.Errorf("larger than %d MiB", maxAgentsFile>>20)
 		}
-		if !eof || len(raw) > 0 {
-			line := string(raw)
-			a.lines = append(a.lines, line)
-			if text := strings.TrimSpace(line); text != "" && text[0] != '#' {
-				e, perr := parseAgentLine(text)
-				if perr == nil {
-					if first, dup := a.byName[e.Name]; dup {
-						perr = fmt.Errorf("name %q is already at line %d", e.Name, first.line+1)
-					}
-				}
-				if perr != nil {
-					a.problem(n, perr)
-				} else {
-					e.line = len(a.lines) - 1
-					a.entries = append(a.entries, e)
-					a.byName[e.Name] = e
-				}
-			}
-		}
-		if eof {
+		line := string(raw)
+		a.lines = append(a.lines, line)
+		text := strings.TrimSpace(line)
+		if text == "" || text[0] == '#' {
 			return nil
 		}
-	}
+		e, err := parseAgentLine(text)
+		if err == nil {
+			if first, dup := a.byName[e.Name]; dup {
+				err = fmt.Errorf("name %q is already at line %d", e.Name, first.line+1)
+			}
+		}
+		if err != nil {
+			a.problem(n, err)
+			return nil
+		}
+		e.line = len(a.lines) - 1
+		a.entries = append(a.entries, e)
+		a.byName[e.Name] = e
+		return nil
+	})
 }
 
 func (a *agentsFile) problem(line int, err error) {

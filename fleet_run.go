@@ -17,8 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/signal"
 	"strings"
 	"sync"
 	"time"
@@ -347,61 +345,36 @@ func (f *fanOut) untrack(fl *follower) {
 	f.mu.Unlock()
 }
 
-// cancelJob sends job.cancel on a connection of its own (the follower's is
-// in a long poll).
+// cancelJob cancels fl's job, saying so in its output when that fails.
 func (f *fanOut) cancelJob(fl *follower, w *agentOut) {
-	cc, err := fl.o.dial(fl.addr)
-	if err == nil {
-		err = cc.call("job.cancel", map[string]any{"ticket": fl.ticket}, nil)
-		cc.Close()
-	}
-	if err != nil {
+	if err := fl.sendCancel(); err != nil {
 		w.line(true, fmt.Sprintf("tentacle %s: failed to cancel job %s: %v", f.c.name, fl.ticket, err))
 	}
 }
 
 // handleInterrupt makes the first Ctrl-C cancel every running job and
-// start no more, and a second one (at least half a second later, as exec's)
-// stop waiting for them. It returns the function that restores the default.
+// start no more, and a second one stop waiting for them. It returns the
+// function that restores the default.
 func (f *fanOut) handleInterrupt() func() {
-	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, os.Interrupt)
-	stop := make(chan struct{})
-	go func() {
-		var first time.Time
-		for {
-			select {
-			case <-sigc:
-			case <-stop:
-				return
-			}
-			if !first.IsZero() && time.Since(first) < 500*time.Millisecond {
-				continue
-			}
-			f.mu.Lock()
-			f.interrupts++
-			n := f.interrupts
-			running := make(map[*follower]*agentOut, len(f.following))
-			for fl, w := range f.following {
-				running[fl] = w
-			}
-			f.mu.Unlock()
-			if n == 1 {
-				first = time.Now()
-				f.out.note(fmt.Sprintf("tentacle %s: cancelling the jobs running on %s and starting no more (Ctrl-C again to stop waiting)", f.c.name, agentsCount(len(running))))
-				for fl, w := range running {
-					go f.cancelJob(fl, w)
-				}
-				continue
-			}
-			for fl := range running {
-				fl.aborted.Store(true)
-				fl.conn().Close()
-			}
+	running := func() map[*follower]*agentOut {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.interrupts++
+		m := make(map[*follower]*agentOut, len(f.following))
+		for fl, w := range f.following {
+			m[fl] = w
 		}
-	}()
-	return func() {
-		signal.Stop(sigc)
-		close(stop)
+		return m
 	}
+	return onInterrupts(func() {
+		jobs := running()
+		f.out.note(fmt.Sprintf("tentacle %s: cancelling the jobs running on %s and starting no more (Ctrl-C again to stop waiting)", f.c.name, agentsCount(len(jobs))))
+		for fl, w := range jobs {
+			go f.cancelJob(fl, w)
+		}
+	}, func() {
+		for fl := range running() {
+			fl.abort()
+		}
+	})
 }

@@ -178,17 +178,9 @@ func (c *clientCmd) execJob(addr string, params map[string]any) int {
 		c.fail(err)
 		return exitNoJob
 	}
-	stopSignals := f.handleInterrupt()
-	defer stopSignals()
-	st, err := f.follow()
-	if err != nil {
-		f.flush()
-		return f.failed(err)
-	}
-	// Completing only tidies up: the outcome is known. A failure is only
-	// worth a remark (the agent reaps the job after its retention period).
-	if err := f.complete(); err != nil {
-		fmt.Fprintf(f.stderr, "tentacle exec: job %s finished but could not be completed: %v\n", f.ticket, err)
+	st, code, ok := f.finish()
+	if !ok {
+		return code
 	}
 	code, msg := jobExitCode(st)
 	if msg != "" {

@@ -225,44 +225,83 @@ func (f *follower) failed(err error) int {
 	return exitNoJob
 }
 
+// finish follows the started job to its end, with Ctrl-C cancelling it,
+// and completes it: the final status, or (ok false) exec's exit code after
+// a failure it has reported.
+func (f *follower) finish() (st *statusReply, code int, ok bool) {
+	stopSignals := f.handleInterrupt()
+	defer stopSignals()
+	st, err := f.follow()
+	if err != nil {
+		f.flush()
+		return nil, f.failed(err), false
+	}
+	// Completing only tidies up: the outcome is known. A failure is only
+	// worth a remark (the agent reaps the job after its retention period).
+	if err := f.complete(); err != nil {
+		fmt.Fprintf(f.stderr, "tentacle %s: job %s finished but could not be completed: %v\n", f.cmd, f.ticket, err)
+	}
+	return st, 0, true
+}
+
 // handleInterrupt makes the first Ctrl-C cancel the job (on a connection of
 // its own, since the main one is in a long poll) and a second one, at least
 // half a second later, stop waiting: some tools deliver one interrupt twice
 // (timeout(1) signals the command and its process group). It returns a
 // function that restores the default.
 func (f *follower) handleInterrupt() func() {
+	f.cancelled = make(chan struct{})
+	return onInterrupts(func() {
+		fmt.Fprintf(f.errw, "tentacle %s: cancelling job %s (Ctrl-C again to stop waiting)\n", f.cmd, f.ticket)
+		go func() {
+			defer close(f.cancelled)
+			if err := f.sendCancel(); err != nil {
+				fmt.Fprintf(f.errw, "tentacle %s: failed to cancel job %s: %v\n", f.cmd, f.ticket, err)
+			}
+		}()
+	}, f.abort)
+}
+
+// abort stops waiting for the job: it runs on, on the agent.
+func (f *follower) abort() {
+	f.aborted.Store(true)
+	f.conn().Close()
+}
+
+// sendCancel sends job.cancel on a connection of its own (the follower's
+// is in a long poll).
+func (f *follower) sendCancel() error {
+	cc, err := f.o.dial(f.addr)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	return cc.call("job.cancel", map[string]any{"ticket": f.ticket}, nil)
+}
+
+// onInterrupts calls first at the first Ctrl-C and again at each later one
+// at least half a second after it: some tools deliver one interrupt twice
+// (timeout(1) signals the command and its process group). It returns the
+// function that restores the default.
+func onInterrupts(first, again func()) (restore func()) {
 	sigc := make(chan os.Signal, 2)
 	signal.Notify(sigc, os.Interrupt)
 	stop := make(chan struct{})
-	f.cancelled = make(chan struct{})
 	go func() {
-		var first time.Time
+		var at time.Time
 		for {
 			select {
 			case <-sigc:
 			case <-stop:
 				return
 			}
-			if !first.IsZero() {
-				if time.Since(first) > 500*time.Millisecond {
-					f.aborted.Store(true)
-					f.conn().Close()
-				}
-				continue
+			switch {
+			case at.IsZero():
+				at = time.Now()
+				first()
+			case time.Since(at) > 500*time.Millisecond:
+				again()
 			}
-			first = time.Now()
-			fmt.Fprintf(f.errw, "tentacle %s: cancelling job %s (Ctrl-C again to stop waiting)\n", f.cmd, f.ticket)
-			go func() {
-				defer close(f.cancelled)
-				cc, err := f.o.dial(f.addr)
-				if err == nil {
-					err = cc.call("job.cancel", map[string]any{"ticket": f.ticket}, nil)
-					cc.Close()
-				}
-				if err != nil {
-					fmt.Fprintf(f.errw, "tentacle %s: failed to cancel job %s: %v\n", f.cmd, f.ticket, err)
-				}
-			}()
 		}
 	}()
 	return func() {

@@ -117,6 +117,21 @@ func (c *call) jobOrigin(ticket string, params any) (jobOrigin, error) {
 	return jobOrigin{Ticket: ticket, Fingerprint: hex.EncodeToString(sum[:]), Owner: c.peer.thumbprint, Client: c.peer.entry.Name}, nil
 }
 
+// decodeStart decodes a start's params into p, a pointer to a struct whose
+// field *ticket is its "ticket", and returns the job's origin: its ticket
+// and the fingerprint of every other param, which a retried start must
+// match.
+func (c *call) decodeStart(p any, ticket *string) (jobOrigin, error) {
+	if err := decodeParams(c.params, p); err != nil {
+		return jobOrigin{}, err
+	}
+	t := *ticket
+	*ticket = "" // the ticket names the job; the rest must match
+	origin, err := c.jobOrigin(t, p)
+	*ticket = t
+	return origin, err
+}
+
 // jobViewer is the caller, as the job methods see it.
 func (c *call) jobViewer() jobViewer {
 	return jobViewer{thumbprint: c.peer.thumbprint, all: c.peer.entry.allows(groupOthersJobs)}
@@ -145,12 +160,7 @@ func handleScriptStart(c *call) (any, error) {
 		Mutex     string            `json:"mutex"`
 		Ticket    string            `json:"ticket"`
 	}
-	if err := decodeParams(c.params, &p); err != nil {
-		return nil, err
-	}
-	fp := p
-	fp.Ticket = "" // the ticket names the job; the rest must match
-	origin, err := c.jobOrigin(p.Ticket, fp)
+	origin, err := c.decodeStart(&p, &p.Ticket)
 	if err != nil {
 		return nil, err
 	}

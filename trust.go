@@ -4,7 +4,6 @@ package main
 // (PROTOCOL §1–2).
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -303,21 +302,10 @@ func readTrustFile(path string, into *trustList) {
 // parseTrustFile parses trust lines from r. Malformed lines are reported,
 // trust nobody, and do not stop the others (PROTOCOL §2).
 func parseTrustFile(r io.Reader, name string) (entries []*trustEntry, problems []string, err error) {
-	br := bufio.NewReaderSize(r, 4096)
-	for n := 1; ; n++ {
-		line, err := readLine(br, maxTrustLine)
-		if errors.Is(err, errLineTooLong) {
+	err = eachLine(r, maxTrustLine, func(n int, line []byte, tooLong bool) error {
+		if tooLong {
 			problems = append(problems, fmt.Sprintf("%q: malformed trust entry at line %d: longer than %d bytes", name, n, maxTrustLine))
-			if err == errLineTooLongWhole {
-				continue
-			}
-			if err = skipLine(br); err == nil {
-				continue
-			}
-		}
-		eof := err == io.EOF
-		if err != nil && !eof {
-			return nil, nil, err
+			return nil
 		}
 		if text := strings.TrimSpace(string(line)); text != "" && text[0] != '#' {
 			e, perr := parseTrustLine(text)
@@ -327,10 +315,12 @@ func parseTrustFile(r io.Reader, name string) (entries []*trustEntry, problems [
 				entries = append(entries, e)
 			}
 		}
-		if eof {
-			return entries, problems, nil
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
+	return entries, problems, nil
 }
 
 func (l *trustList) add(e *trustEntry) {
