@@ -101,21 +101,12 @@ func (c *clientCmd) fanCall(method string, params json.RawMessage) int {
 	})
 }
 
-// jobRow is one job of job.list.
-type jobRow struct {
-	Ticket  string  `json:"ticket"`
-	Kind    string  `json:"kind"`
-	State   string  `json:"state"`
-	Outcome *string `json:"outcome"`
-	Started *string `json:"started"`
-}
-
 // fanJobs lists the jobs of every selected agent in one table with an
 // AGENT column.
 func (c *clientCmd) fanJobs() int {
 	return c.onEach("AGENT\tTICKET\tKIND\tSTATE\tOUTCOME\tSTARTED", func(x *onAgent) agentResult {
 		var r struct {
-			Jobs []jobRow `json:"jobs"`
+			Jobs []jobListItem `json:"jobs"`
 		}
 		if err := callOn(x.cc, "job.list", nil, &r); err != nil {
 			return callFailed("job.list", err)

@@ -101,7 +101,7 @@ func (f *fanOut) status(a *agentEntry, row *statusRow) agentResult {
 		UptimeS int64  `json:"uptime_s"`
 	}
 	var jobs struct {
-		Jobs []jobRow `json:"jobs"`
+		Jobs []jobListItem `json:"jobs"`
 	}
 	var apps struct {
 		Apps []appInfo `json:"apps"`

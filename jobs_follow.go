@@ -31,18 +31,12 @@ type logEntry struct {
 	Time   string `json:"time"`
 }
 
-// statusReply is job.status's answer.
+// statusReply is job.status's answer, as the client reads it.
 type statusReply struct {
-	Ticket   string          `json:"ticket"`
-	Kind     string          `json:"kind"`
-	State    string          `json:"state"`
-	Outcome  *string         `json:"outcome"`
-	ExitCode *int            `json:"exit_code"`
-	Started  *string         `json:"started"`
-	Finished *string         `json:"finished"`
-	Logs     []logEntry      `json:"logs"`
-	Next     int64           `json:"next"`
-	Result   json.RawMessage `json:"result"`
+	jobHead
+	Logs   []logEntry      `json:"logs"`
+	Next   int64           `json:"next"`
+	Result json.RawMessage `json:"result"`
 
 	LogTruncated bool   `json:"log_truncated"`
 	LogError     string `json:"log_error"`

@@ -16,18 +16,24 @@ import (
 	"time"
 )
 
+// jobHead is what every status of a job says of it (PROTOCOL §5
+// job.status), on the agent's side and the client's.
+type jobHead struct {
+	Ticket   string  `json:"ticket"`
+	Kind     string  `json:"kind"`
+	State    string  `json:"state"`
+	Outcome  *string `json:"outcome"`
+	ExitCode *int    `json:"exit_code"`
+	Started  *string `json:"started"`
+	Finished *string `json:"finished"`
+}
+
 // jobStatus is the answer of job.status, job.cancel and job.complete.
 type jobStatus struct {
-	Ticket   string            `json:"ticket"`
-	Kind     string            `json:"kind"`
-	State    string            `json:"state"`
-	Outcome  *string           `json:"outcome"`
-	ExitCode *int              `json:"exit_code"`
-	Started  *string           `json:"started"`
-	Finished *string           `json:"finished"`
-	Logs     []json.RawMessage `json:"logs"`
-	Next     int64             `json:"next"`
-	Result   json.RawMessage   `json:"result,omitempty"`
+	jobHead
+	Logs   []json.RawMessage `json:"logs"`
+	Next   int64             `json:"next"`
+	Result json.RawMessage   `json:"result,omitempty"`
 	// LogTruncated: output past -job-max-log was dropped. LogError: why
 	// output could not be written (a script then fails).
 	LogTruncated bool   `json:"log_truncated,omitempty"`
@@ -47,9 +53,9 @@ func timeString(t time.Time) *string {
 func (j *job) status(after int64) (*jobStatus, error) {
 	j.mu.Lock()
 	st := &jobStatus{
-		Ticket: j.id, Kind: j.kind, State: j.state, ExitCode: j.exitCode,
-		Started: timeString(j.started), Finished: timeString(j.finished), Result: j.result,
-		Logs: []json.RawMessage{}, Next: after, LogTruncated: j.logCut, LogError: j.logErr,
+		jobHead: jobHead{Ticket: j.id, Kind: j.kind, State: j.state, ExitCode: j.exitCode,
+			Started: timeString(j.started), Finished: timeString(j.finished)},
+		Result: j.result, Logs: []json.RawMessage{}, Next: after, LogTruncated: j.logCut, LogError: j.logErr,
 	}
 	if j.outcome != "" {
 		o := j.outcome
