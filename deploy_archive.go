@@ -89,10 +89,11 @@ type extractor struct {
 	entries  map[nameKey]entryKind
 	stats    extractStats
 
-	mu        sync.Mutex // guards written, room, sinceFree and dirs (zip workers share them)
+	mu        sync.Mutex // guards written, room, sinceFree, inflight and dirs (zip workers share them)
 	written   int64      // bytes actually written
 	room      int64      // bytes that may still be written above the reserve
 	sinceFree int64      // bytes written since the free space was measured
+	inflight  int64      // bytes charged and not yet written: a measure of free space does not see them yet
 
 	dirs     map[string]*dirHandle // open folders, so a file is one openat
 	parallel bool                  // zip workers share dirs: never close one in use
@@ -289,7 +290,7 @@ func (x *extractor) measureFree() {
 		x.room = 1 << 62
 		return
 	}
-	x.room = free - x.lim.Reserve
+	x.room = free - x.lim.Reserve - x.inflight
 }
 
 func (x *extractor) reserveError(name string) error {
@@ -325,12 +326,24 @@ func (x *extractor) charge(name string, n int64) error {
 		return nil
 	}
 	x.room -= n
+	x.inflight += n
 	if x.sinceFree += n; x.room < 0 || x.sinceFree >= reserveEvery {
 		if x.measureFree(); x.room < 0 {
 			return x.reserveError(name)
 		}
 	}
 	return nil
+}
+
+// landed says that n bytes charged have been written: the next measure of
+// the free space sees them.
+func (x *extractor) landed(n int64) {
+	if x.lim.Reserve <= 0 {
+		return
+	}
+	x.mu.Lock()
+	x.inflight -= n
+	x.mu.Unlock()
 }
 
 // fileMode keeps an entry's permission bits (the exec bits matter) and drops
@@ -470,7 +483,9 @@ func (x *extractor) put(name string, f fileWriter, b []byte, sparse bool, hole *
 		if err := x.charge(name, int64(len(data))); err != nil {
 			return err
 		}
-		if _, err := f.Write(data); err != nil {
+		_, err := f.Write(data)
+		x.landed(int64(len(data)))
+		if err != nil {
 			return fmt.Errorf("archive entry %q: %w", name, err)
 		}
 		b = b[len(data):]
