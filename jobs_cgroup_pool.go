@@ -179,7 +179,7 @@ func newCgroupPool(h *cgroupHost, maxProcs int, maxMemory int64, log *slog.Logge
 		return nil
 	}
 	if n := h.sweepSpares(); n > 0 {
-		log.Info("removed spare job cgroups an earlier agent left", "cgroups", n)
+		log.Info("removed spare job cgroups an earlier agent left", "spares", n)
 	}
 	p := &cgroupPool{host: h, maxProcs: maxProcs, maxMemory: maxMemory, log: log, size: cgroupSpares,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
@@ -336,8 +336,9 @@ func (g *cgroup) discard() {
 // (killed, they could not remove them): those of a process that is gone,
 // or of this one that none of its agents holds. Another live agent's are
 // left alone; a spare with a thread in it cannot be removed anyway (EBUSY).
+// It returns how many spares it removed.
 func (h *cgroupHost) sweepSpares() int {
-	n := 0
+	removed := map[string]bool{}
 	for _, parent := range []string{h.pids, h.memory, h.freezer} {
 		if parent == "" {
 			continue
@@ -353,9 +354,9 @@ func (h *cgroupHost) sweepSpares() int {
 				continue
 			}
 			if os.Remove(filepath.Join(parent, e.Name())) == nil {
-				n++
+				removed[e.Name()] = true
 			}
 		}
 	}
-	return n
+	return len(removed)
 }

@@ -506,7 +506,7 @@ func TestCgroupSpares(t *testing.T) {
 		waitSpares(t, h, pid, cgroupSpares)
 		p.cmd.Process.Kill()
 		p.cmd.Wait()
-		left := sparesOf(h, "", pid)
+		left := sparesOf(h, h.pids, pid)
 		if len(left) == 0 {
 			t.Fatal("the killed agent left no spares: nothing to clean up")
 		}
@@ -514,7 +514,7 @@ func TestCgroupSpares(t *testing.T) {
 		if still := sparesOf(h, "", pid); len(still) > 0 {
 			t.Fatalf("spares of the killed agent still there once the next one listens: %v", still)
 		}
-		if want := fmt.Sprintf(`msg="removed spare job cgroups an earlier agent left" cgroups=%d`, len(left)); !strings.Contains(p2.logs.String(), want) {
+		if want := fmt.Sprintf(`msg="removed spare job cgroups an earlier agent left" spares=%d`, len(left)); !strings.Contains(p2.logs.String(), want) {
 			t.Fatalf("no %q in the log:\n%s", want, p2.logs)
 		}
 		waitSpares(t, h, p2.cmd.Process.Pid, cgroupSpares)
