@@ -29,7 +29,9 @@ package main
 //     so a spare's is one more than the job's, and the thread lowers it to
 //     the job's own after the fork and before it ends: at no moment can the
 //     job have more processes than -job-max-procs, and with -job-max-procs 1
-//     the job's process can still be forked.
+//     the job's process can still be forked. (While the thread is ending,
+//     microseconds after the fork, the job can have one fewer: erring that
+//     way keeps the limit a limit.)
 //   - A crash leaves spares without threads (they died with the agent), and
 //     the next start removes every empty spare whose agent is gone; a job's
 //     cgroup is renamed before its process is forked, so one the agent lost
