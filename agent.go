@@ -231,6 +231,9 @@ func newServer(cfg *config, log *slog.Logger) (_ *server, err error) {
 func (s *server) close() {
 	s.stop()
 	defer s.unlock()
+	if s.jobs != nil {
+		s.jobs.contain.close() // spare cgroups and their threads
+	}
 	if s.audit != nil {
 		s.audit.close()
 	}

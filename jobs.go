@@ -162,6 +162,7 @@ func newJobManager(cfg *config, log *slog.Logger) (*jobManager, error) {
 	}
 	m.contain = newContainment(cfg, log)
 	if err := m.loadJobs(); err != nil {
+		m.contain.close()
 		return nil, err
 	}
 	m.pool = newDirPool(cfg.workDir(), 4)

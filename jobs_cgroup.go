@@ -1,11 +1,12 @@
 package main
 
 // jobs_cgroup.go: the cgroups of jobs (see jobs_contain.go for why): where
-// the agent may make them, found once at start; making one per job process
-// with its limits; listing, signalling and killing what is in it; removing
-// it. This is all files under /sys/fs/cgroup, read and written the same way
-// on cgroup v2 and v1 with their different names; the one part that needs
-// system calls, starting a process inside a cgroup, is in sys_linux.go.
+// the agent may make them, found once at start; their limits; listing,
+// signalling and killing what is in them; removing them. Making them, at a
+// job's start or ahead of time, is in jobs_cgroup_pool.go. This is all files
+// under /sys/fs/cgroup, read and written the same way on cgroup v2 and v1
+// with their different names; the one part that needs system calls,
+// starting a process inside a cgroup, is in sys_linux.go.
 
 import (
 	"bufio"
@@ -61,6 +62,7 @@ type cgroup struct {
 	ctrls     []string // v1: the controller of each of dirs
 	maxProcs  int
 	maxMemory int64
+	thread    *parkedThread // v1: the agent thread parked in it to fork from, if any (jobs_cgroup_pool.go)
 }
 
 func (g *cgroup) String() string { return fmt.Sprintf("cgroup %q", g.name) }
@@ -77,57 +79,10 @@ func (g *cgroup) dir(ctrl string) string {
 	return ""
 }
 
-// create makes the cgroup for a process of ticket with its limits. A name
-// already taken (by a kept process of the same job, or another agent's job
-// of the same ticket under the same parent) is never shared: the next
-// tentacle-<ticket>.N is used.
-func (h *cgroupHost) create(ticket string, maxProcs int, maxMemory int64) (*cgroup, error) {
-	var parents, ctrls []string
-	if h.v2 != "" {
-		parents = []string{h.v2}
-	} else {
-		parents, ctrls = []string{h.pids}, []string{"pids"}
-		if maxMemory > 0 && h.memory != "" {
-			parents, ctrls = append(parents, h.memory), append(ctrls, "memory")
-		}
-		if h.freezer != "" {
-			parents, ctrls = append(parents, h.freezer), append(ctrls, "freezer")
-		}
-	}
-	for n := 1; n <= 100; n++ {
-		name := "tentacle-" + ticket
-		if n > 1 {
-			name += "." + strconv.Itoa(n)
-		}
-		g := &cgroup{host: h, name: name, ctrls: ctrls, maxProcs: maxProcs, maxMemory: maxMemory}
-		var err error
-		for _, p := range parents {
-			d := filepath.Join(p, name)
-			if err = os.Mkdir(d, 0o755); err != nil {
-				break
-			}
-			g.dirs = append(g.dirs, d)
-		}
-		if err == nil {
-			if err = g.setLimits(); err != nil {
-				g.remove()
-				return nil, err
-			}
-			return g, nil
-		}
-		g.remove()
-		if !errors.Is(err, fs.ErrExist) {
-			return nil, err
-		}
-	}
-	return nil, fmt.Errorf("cgroups tentacle-%s to tentacle-%s.100 are all taken", ticket, ticket)
-}
-
-func (g *cgroup) setLimits() error {
-	if g.maxProcs > 0 { // a new cgroup's pids.max is "max"
-		if err := writeCgroup(g.dir("pids"), "pids.max", strconv.Itoa(g.maxProcs)); err != nil {
-			return err
-		}
+// setLimits sets g's limits, with procs for pids.max.
+func (g *cgroup) setLimits(procs int) error {
+	if err := g.setProcs(procs); err != nil {
+		return err
 	}
 	mem := g.dir("memory")
 	if g.maxMemory <= 0 || mem == "" {
@@ -142,6 +97,14 @@ func (g *cgroup) setLimits() error {
 	}
 	// memsw (memory plus swap) exists only with swap accounting on.
 	return errors.Join(writeCgroup(mem, "memory.limit_in_bytes", limit), writeCgroupIf(mem, "memory.memsw.limit_in_bytes", limit))
+}
+
+// setProcs sets g's pids.max; a new cgroup's is "max", and stays so for 0.
+func (g *cgroup) setProcs(n int) error {
+	if n <= 0 {
+		return nil
+	}
+	return writeCgroup(g.dir("pids"), "pids.max", strconv.Itoa(n))
 }
 
 func writeCgroup(dir, file, value string) error {
@@ -177,6 +140,7 @@ func (g *cgroup) live(spare func(int) bool) ([]int, bool) {
 }
 
 func (g *cgroup) signal(force bool, spare func(int) bool) error {
+	g.end() // never freeze or kill with the agent's thread still inside
 	if !force {
 		pids, _ := g.live(spare)
 		for _, p := range pids {
@@ -245,6 +209,7 @@ func (g *cgroup) freezeKill() error {
 }
 
 func (g *cgroup) close(spare func(int) bool) (notes []string, left bool) {
+	g.end()
 	notes = g.limitNotes()
 	deadline := time.Now().Add(killWait)
 	for {
@@ -266,9 +231,10 @@ func (g *cgroup) close(spare func(int) bool) (notes []string, left bool) {
 	return notes, false
 }
 
-// remove removes g's directories; the kernel refuses while a process is
-// still exiting from it, so a short wait is allowed.
+// remove removes g's directories; the kernel refuses while a process (or
+// the agent's thread) is still exiting from it, so a short wait is allowed.
 func (g *cgroup) remove() error {
+	g.end()
 	deadline := time.Now().Add(2 * time.Second)
 	var errs []error
 	for _, d := range g.dirs {
@@ -281,7 +247,7 @@ func (g *cgroup) remove() error {
 				errs = append(errs, err)
 				break
 			}
-			time.Sleep(killPoll)
+			time.Sleep(time.Millisecond) // exits take microseconds: do not make the agent's stop wait
 		}
 	}
 	return errors.Join(errs...)

@@ -6,7 +6,8 @@ package main
 // Where the agent can make cgroups (Linux with cgroup v2, or v1's pids
 // hierarchy, and a /sys/fs/cgroup it may write), every process a job runs
 // starts inside a cgroup of its own, tentacle-<ticket>, made under the
-// agent's own cgroup, before it runs a single instruction (sys_linux.go).
+// agent's own cgroup (on v1 ahead of time: jobs_cgroup_pool.go), before it
+// runs a single instruction (sys_linux.go).
 // The cgroup caps its processes and threads (pids.max, -job-max-procs), so
 // a fork flood fails inside the job while the agent goes on creating
 // threads, and optionally its memory (-job-max-memory). It also lists every
@@ -55,6 +56,7 @@ type containment struct {
 	host      *cgroupHost // nil: process groups only
 	maxProcs  int         // what is enforced: 0 for nothing
 	maxMemory int64
+	pool      *cgroupPool // spare cgroups (v1; nil else)
 
 	mu   sync.Mutex // guards left
 	left []procTree // cgroups kept for processes that outlived their job
@@ -92,8 +94,13 @@ func newContainment(cfg *config, log *slog.Logger) *containment {
 		log.Info("moved the agent into a cgroup of its own, so that its jobs' cgroups can have controllers", "cgroup", host.moved)
 	}
 	log.Info("containing jobs in cgroups", "containment", c.mode, "parent", host.parent(), "max_procs", c.maxProcs, "max_memory", c.maxMemory)
+	c.pool = newCgroupPool(host, c.maxProcs, c.maxMemory, log)
 	return c
 }
+
+// close ends what the containment keeps running for the jobs to come: its
+// spare cgroups and their threads.
+func (c *containment) close() { c.pool.close() }
 
 // info is the containment as the info method reports it.
 func (c *containment) info() map[string]any {
@@ -104,8 +111,9 @@ func (c *containment) info() map[string]any {
 	return m
 }
 
-// start starts cmd, which leads its own process group, inside a new cgroup
-// for ticket, or, without cgroups, in its process group alone.
+// start starts cmd, which leads its own process group, inside a cgroup of
+// its own for ticket (a spare renamed for it, where there is one), or,
+// without cgroups, in its process group alone.
 func (c *containment) start(cmd *exec.Cmd, ticket string) (procTree, error) {
 	if c.host == nil {
 		if err := startChild(cmd); err != nil {
@@ -115,7 +123,10 @@ func (c *containment) start(cmd *exec.Cmd, ticket string) (procTree, error) {
 		return procGroup(cmd.Process.Pid), nil
 	}
 	c.sweep()
-	g, err := c.host.create(ticket, c.maxProcs, c.maxMemory)
+	g, err := c.pool.claim(ticket)
+	if g == nil && err == nil { // no spare ready: make it now
+		g, err = c.host.create(ticket, c.maxProcs, c.maxMemory)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("failed to make the job's cgroup: %v", err)
 	}

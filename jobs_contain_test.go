@@ -8,7 +8,9 @@ package main
 // say why.
 
 import (
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,22 @@ import (
 	"testing"
 	"time"
 )
+
+// runTrue runs "true" as a job on c (start, wait, complete) and adds the
+// time it took to took.
+func runTrue(b *testing.B, c *clientConn, took *[]time.Duration) {
+	start := time.Now()
+	ticket := startJob(b, c, map[string]any{"script": "true"})
+	if st, _ := followJob(b, c, ticket); outcomeOf(st) != outcomeSuccess {
+		b.Fatalf("true: %s", outcomeOf(st))
+	}
+	if err := c.call("job.complete", map[string]any{"ticket": ticket}, nil); err != nil {
+		b.Fatal(err)
+	}
+	*took = append(*took, time.Since(start))
+}
+
+var burst = flag.Bool("burst", false, "BenchmarkJobContainment: jobs back to back, without exec between them")
 
 // needCgroups skips a test where jobs cannot be put in cgroups here.
 func needCgroups(t testing.TB) *cgroupHost {
@@ -282,43 +300,227 @@ func TestContainmentReported(t *testing.T) {
 
 // BenchmarkJobContainment is what a cgroup costs a job: "true" run over an
 // open connection (start, wait, complete) and as "tentacle exec -- true",
-// with cgroups and with process groups only, interleaved in the same run.
+// with process groups only, with cgroups as the agent makes them and, on
+// cgroup v1, with cgroups made at each start (no spares: as before them),
+// interleaved in the same run. Jobs come one at a time, each exec between
+// two (about what a client running jobs in turn does); -burst runs the
+// open-connection jobs back to back instead, in blocks of 20 per agent,
+// faster than spares are made.
 // Run: go test -run '^$' -bench JobContainment -benchtime 1x
 func BenchmarkJobContainment(b *testing.B) {
-	needCgroups(b)
+	h := needCgroups(b)
 	bin := buildTentacle(b)
-	agents := []*testAgent{benchAgent(b), startAgentLogging(b, nil, func(c *config) { c.noCgroups = true })}
-	conns := []*clientConn{agents[0].dial(b), agents[1].dial(b)}
-	const rounds = 100
+	type variant struct {
+		name        string
+		agent       *testAgent
+		conn        *clientConn
+		open, execT []time.Duration
+	}
+	vs := []*variant{{name: "process groups", agent: startAgentLogging(b, io.Discard, func(c *config) { c.noCgroups = true })}}
+	if h.v2 == "" {
+		saved := cgroupSpares
+		cgroupSpares = 0
+		vs = append(vs, &variant{name: "cgroup v1 without spares", agent: startAgentLogging(b, io.Discard)})
+		cgroupSpares = saved
+		vs = append(vs, &variant{name: "cgroup v1 with spares", agent: startAgentLogging(b, io.Discard)})
+	} else {
+		vs = append(vs, &variant{name: containV2, agent: startAgentLogging(b, io.Discard)})
+	}
+	for _, v := range vs {
+		v.conn = v.agent.dial(b)
+	}
+	rounds, block := 100, 1
+	if *burst {
+		rounds, block = 300, 20
+	}
 	for range b.N {
-		var open, execT [2][]time.Duration
-		for range rounds {
-			for i, a := range agents {
-				c := conns[i]
-				start := time.Now()
-				ticket := startJob(b, c, map[string]any{"script": "true"})
-				if st, _ := followJob(b, c, ticket); outcomeOf(st) != outcomeSuccess {
-					b.Fatalf("true: %s", outcomeOf(st))
+		for range rounds / block {
+			for _, v := range vs {
+				for range block {
+					runTrue(b, v.conn, &v.open)
+					if *burst {
+						continue
+					}
+					start := time.Now()
+					a := v.agent
+					if out, err := exec.Command(bin, "exec", "-home", a.clientHome, "-pin", a.thumbprint, a.addr, "--", "true").CombinedOutput(); err != nil {
+						b.Fatalf("exec: %v\n%s", err, out)
+					}
+					v.execT = append(v.execT, time.Since(start))
 				}
-				if err := c.call("job.complete", map[string]any{"ticket": ticket}, nil); err != nil {
-					b.Fatal(err)
-				}
-				open[i] = append(open[i], time.Since(start))
-
-				start = time.Now()
-				if out, err := exec.Command(bin, "exec", "-home", a.clientHome, "-pin", a.thumbprint, a.addr, "--", "true").CombinedOutput(); err != nil {
-					b.Fatalf("exec: %v\n%s", err, out)
-				}
-				execT[i] = append(execT[i], time.Since(start))
 			}
 		}
-		oc, og, ec, eg := median(open[0]), median(open[1]), median(execT[0]), median(execT[1])
-		b.ReportMetric(float64(oc.Microseconds())/1000, "cgroup-open-ms")
-		b.ReportMetric(float64(og.Microseconds())/1000, "pgroup-open-ms")
-		b.ReportMetric(float64(ec.Microseconds())/1000, "cgroup-exec-ms")
-		b.ReportMetric(float64(eg.Microseconds())/1000, "pgroup-exec-ms")
-		b.Logf("medians of %d, %s: true on an open connection %v with cgroups, %v with process groups (+%v, ratio %.2f); tentacle exec -- true %v and %v (ratio %.2f)",
-			rounds, agents[0].srv.jobs.contain.mode, oc.Round(10*time.Microsecond), og.Round(10*time.Microsecond), (oc - og).Round(10*time.Microsecond),
-			float64(oc)/float64(og), ec.Round(10*time.Microsecond), eg.Round(10*time.Microsecond), float64(ec)/float64(eg))
+		base := vs[0]
+		for i, v := range vs {
+			o := median(v.open)
+			b.ReportMetric(float64(o.Microseconds())/1000, fmt.Sprintf("v%d-open-ms", i))
+			msg := fmt.Sprintf("medians of %d, %s: true on an open connection %v (ratio %.2f to process groups)",
+				rounds, v.name, o.Round(10*time.Microsecond), float64(o)/float64(median(base.open)))
+			if len(v.execT) > 0 {
+				e := median(v.execT)
+				b.ReportMetric(float64(e.Microseconds())/1000, fmt.Sprintf("v%d-exec-ms", i))
+				msg += fmt.Sprintf("; tentacle exec -- true %v (ratio %.2f)", e.Round(10*time.Microsecond), float64(e)/float64(median(base.execT)))
+			}
+			b.Log(msg)
+		}
 	}
+}
+
+// needSpares skips a test where the agent keeps no spare cgroups: where
+// there are no cgroups, and on v2 (a process is cloned into its cgroup).
+func needSpares(t testing.TB) *cgroupHost {
+	t.Helper()
+	h := needCgroups(t)
+	if h.v2 != "" {
+		t.Skip("spare cgroups are made on cgroup v1 only")
+	}
+	return h
+}
+
+// sparesOf lists the spare cgroups of process pid in h's hierarchy dir
+// ("" for all of them).
+func sparesOf(h *cgroupHost, dir string, pid int) []string {
+	var out []string
+	for _, p := range []string{h.pids, h.memory, h.freezer} {
+		if p != "" && (dir == "" || dir == p) {
+			m, _ := filepath.Glob(filepath.Join(p, spareCgroupPrefix+strconv.Itoa(pid)+".*"))
+			out = append(out, m...)
+		}
+	}
+	return out
+}
+
+// waitSpares waits until process pid has want spare cgroups in the pids
+// hierarchy, each holding one thread of pid's and nothing else.
+func waitSpares(t *testing.T, h *cgroupHost, pid, want int) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d spare cgroups of process %d, each with one thread of it", want, pid), 20*time.Second, func() bool {
+		got := sparesOf(h, h.pids, pid)
+		return len(got) == want && !slices.ContainsFunc(got, func(d string) bool {
+			b, _ := os.ReadFile(filepath.Join(d, "tasks"))
+			tids := strings.Fields(string(b)) // a spare being made has none yet
+			return len(tids) != 1 || !dirExists(fmt.Sprintf("/proc/%d/task/%s", pid, tids[0]))
+		})
+	})
+}
+
+// TestCgroupSpares (cgroup v1): a job starts in a spare cgroup renamed for
+// it, with its limits exact (the thread it was forked from not counted);
+// the spares are made again as they are taken, none is leaked by 200 quick
+// jobs, an agent that stops removes its own, and one killed leaves spares
+// that the next start removes.
+func TestCgroupSpares(t *testing.T) {
+	h := needSpares(t)
+	self := os.Getpid()
+	t.Run("limits are the job's", func(t *testing.T) {
+		tests := []struct {
+			name, script string
+			procs        int
+			outcome      string
+			out          []string
+		}{
+			// The process alone: the thread it was forked from must not take
+			// the one slot.
+			{"one process", "echo ok", 1, outcomeSuccess, []string{"ok"}},
+			// sh and two children reach a limit of 3: the third fork fails.
+			// First the script waits until it is alone in its cgroup: the
+			// agent's thread that forked it takes a slot until it has ended
+			// (microseconds, longer on a busy machine).
+			{"three processes", `n=2; while [ $n -gt 1 ]; do n=0; while read -r t; do n=$((n+1)); done <"` + h.pids + `/tentacle-$TENTACLE_TICKET/tasks"; done
+s() { sleep 1000 >/dev/null 2>&1 & }; s; s; echo two; s; echo three`, 3, outcomeFailed, []string{"two"}},
+			// Where it runs, from its first instruction: the cgroup bears the
+			// job's name in every hierarchy, and nothing of the agent is in it.
+			{"in its cgroup", `cat /proc/self/cgroup; cat "/sys/fs/cgroup/pids$(sed -n 's/^[0-9]*:pids://p' /proc/self/cgroup)/cgroup.procs"`, 64, outcomeSuccess, nil},
+		}
+		// Without spares (all taken) the cgroup is made at the start, and the
+		// same must hold.
+		for _, spares := range []int{cgroupSpares, 0} {
+			for _, tt := range tests {
+				t.Run(fmt.Sprintf("%s, %d spares", tt.name, spares), func(t *testing.T) {
+					saved := cgroupSpares
+					cgroupSpares = spares
+					a := startAgent(t, func(c *config) { c.JobMaxProcs, c.JobMaxMemory, c.KillGrace = tt.procs, 256<<20, 300*time.Millisecond })
+					cgroupSpares = saved
+					waitSpares(t, h, self, spares)
+					c := a.dial(t)
+					ticket := startJob(t, c, map[string]any{"script": tt.script})
+					st, logs := followJob(t, c, ticket)
+					out := texts(logs, "stdout")
+					if outcomeOf(st) != tt.outcome || (tt.out != nil && !slices.Equal(out, tt.out)) {
+						t.Fatalf("outcome %s, stdout %q; want %s, %q; log %v", outcomeOf(st), out, tt.outcome, tt.out, logs)
+					}
+					if tt.out != nil {
+						return
+					}
+					inside := 0
+					for _, line := range out {
+						if strings.HasSuffix(line, "/tentacle-"+ticket) {
+							inside++
+						}
+						if line == strconv.Itoa(self) {
+							t.Fatalf("the agent is in the job's cgroup: %q", out)
+						}
+					}
+					if inside != len(slices.DeleteFunc([]string{h.pids, h.memory, h.freezer}, func(s string) bool { return s == "" })) {
+						t.Fatalf("the job is not in tentacle-%s in every hierarchy:\n%s", ticket, strings.Join(out, "\n"))
+					}
+				})
+			}
+		}
+	})
+	t.Run("refilled, and nothing leaked by 200 jobs", func(t *testing.T) {
+		a := startAgent(t)
+		waitSpares(t, h, self, cgroupSpares)
+		c := a.dial(t)
+		made := spareSeq.Load()
+		deadline := time.Now().Add(2 * time.Minute)
+		for i := range 200 {
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d jobs in 2 minutes", i)
+			}
+			ticket := startJob(t, c, map[string]any{"script": "true"})
+			if st, logs := followJob(t, c, ticket); outcomeOf(st) != outcomeSuccess {
+				t.Fatalf("job %d: %s %v", i, outcomeOf(st), logs)
+			}
+			if left := cgroupsOf(h, ticket); len(left) > 0 {
+				t.Fatalf("job %d left its cgroups: %v", i, left)
+			}
+		}
+		if n := spareSeq.Load() - made; n < int64(cgroupSpares) {
+			t.Fatalf("%d spares made during 200 jobs: the jobs did not take them", n)
+		}
+		waitSpares(t, h, self, cgroupSpares)
+		if all := sparesOf(h, "", self); len(all) != cgroupSpares*len(slices.DeleteFunc([]string{h.pids, h.freezer}, func(s string) bool { return s == "" })) {
+			t.Fatalf("spares after 200 jobs: %v", all)
+		}
+	})
+	t.Run("an agent that stops removes its spares", func(t *testing.T) {
+		a := startAgent(t, func(c *config) { c.JobMaxMemory = 256 << 20 })
+		waitSpares(t, h, self, cgroupSpares)
+		a.stop()
+		if left := sparesOf(h, "", self); len(left) > 0 {
+			t.Fatalf("spares left after the agent stopped: %v", left)
+		}
+	})
+	t.Run("a crash leaves spares that the next start removes", func(t *testing.T) {
+		bin := buildTentacle(t)
+		home := t.TempDir()
+		p := startProcAgent(t, bin, home)
+		pid := p.cmd.Process.Pid
+		waitSpares(t, h, pid, cgroupSpares)
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+		left := sparesOf(h, h.pids, pid)
+		if len(left) == 0 {
+			t.Fatal("the killed agent left no spares: nothing to clean up")
+		}
+		p2 := startProcAgent(t, bin, home)
+		if still := sparesOf(h, "", pid); len(still) > 0 {
+			t.Fatalf("spares of the killed agent still there once the next one listens: %v", still)
+		}
+		if want := fmt.Sprintf(`msg="removed spare job cgroups an earlier agent left" spares=%d`, len(left)); !strings.Contains(p2.logs.String(), want) {
+			t.Fatalf("no %q in the log:\n%s", want, p2.logs)
+		}
+		waitSpares(t, h, p2.cmd.Process.Pid, cgroupSpares)
+	})
 }

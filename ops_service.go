@@ -102,6 +102,10 @@ UMask=0077
 # ("tentacle service install -user root") or NoNewPrivileges=no in a drop-in.
 NoNewPrivileges=yes
 LimitNOFILE=65536
+# The service's cgroup is handed to its user, so that the agent may put each
+# job in a cgroup of its own below it (process limit, whole-tree kill);
+# without it an agent that is not root falls back to process groups.
+Delegate=yes
 # Off because they break ordinary deploys, which write to /opt, /etc or
 # /srv, use /tmp with other services, or live in /home. Turn on in a drop-in
 # what your deploys allow:

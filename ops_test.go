@@ -686,7 +686,7 @@ func TestServiceUnit(t *testing.T) {
 	unit := unitText(spec)
 	for _, want := range []string{
 		"\nUser=tentacle\n", "\nExecStart=/usr/local/bin/tentacle run -home /var/lib/tentacle -listen :10933\n",
-		"\nRestart=on-failure\n", "\nUMask=0077\n", "\nNoNewPrivileges=yes\n", "\nWantedBy=multi-user.target\n",
+		"\nRestart=on-failure\n", "\nUMask=0077\n", "\nNoNewPrivileges=yes\n", "\nDelegate=yes\n", "\nWantedBy=multi-user.target\n",
 	} {
 		if !strings.Contains(unit, want) {
 			t.Errorf("unit lacks %q:\n%s", want, unit)

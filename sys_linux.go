@@ -3,8 +3,8 @@
 package main
 
 // sys_linux.go: platform code for Linux: early writeback of large files
-// (sync_file_range), file identity for the digest cache, and the orphan
-// reaper.
+// (sync_file_range), file identity for the digest cache, the orphan
+// reaper, and starting a job's process inside its cgroup.
 //
 // Orphaned processes. While the agent runs it is a child
 // subreaper (prctl PR_SET_CHILD_SUBREAPER), and in a container it is PID 1:
@@ -36,7 +36,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -349,11 +348,9 @@ func cgroupV2Support() error {
 // On v2 the kernel does it: clone3 with CLONE_INTO_CGROUP (Go's
 // SysProcAttr.UseCgroupFD). v1 has no such call, but a v1 cgroup holds
 // threads, and a child starts in the cgroups of the thread that forked it:
-// so the fork is made from a thread of the agent's, locked to this
-// goroutine, moved into g just before and back at once after. The Go
-// runtime never clones a thread from a locked one (it asks its template
-// thread), so no other agent thread lands in g; should the way back fail,
-// the thread stays locked and so ends with the goroutine.
+// so the fork is made from a thread of the agent's parked in g, ahead of
+// time for a spare (jobs_cgroup_pool.go), else now. An error means nothing
+// runs.
 func startInCgroup(cmd *exec.Cmd, g *cgroup) error {
 	if g.host.v2 != "" {
 		f, err := os.Open(g.dirs[0])
@@ -364,38 +361,67 @@ func startInCgroup(cmd *exec.Cmd, g *cgroup) error {
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(f.Fd())
 		return startChild(cmd)
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		tid := []byte(strconv.Itoa(syscall.Gettid()))
-		back, err := threadCgroups(g)
-		if err == nil {
-			err = moveThread(g.dirs, tid)
-			if err == nil {
-				err = startChild(cmd)
-			}
-			if moveThread(back, tid) == nil {
-				runtime.UnlockOSThread()
-			}
+	if g.thread == nil {
+		if err := parkThread(g); err != nil {
+			return err
 		}
-		errc <- err
-	}()
-	return <-errc
+	}
+	g.thread.fork <- cmd
+	r := <-g.thread.done
+	if r.limit != nil {
+		g.signal(true, nil)
+		waitChild(cmd)
+		return fmt.Errorf("failed to set the job's process limit: %v", r.limit)
+	}
+	return r.err
 }
 
-// threadCgroups is where the calling thread is now, in each hierarchy of g.
-func threadCgroups(g *cgroup) ([]string, error) {
-	own, err := readOwnCgroups("/proc/thread-self/cgroup")
+// parkThread moves a thread of the agent's into g's v1 cgroups, where it
+// waits for the one process it is to fork (or to be told to end).
+func parkThread(g *cgroup) error {
+	t := &parkedThread{fork: make(chan *exec.Cmd), done: make(chan forkResult, 1), quit: make(chan struct{}), gone: make(chan struct{})}
+	ready := make(chan error, 1)
+	go t.run(g, ready)
+	if err := <-ready; err != nil {
+		<-t.gone
+		return err
+	}
+	g.thread = t
+	return nil
+}
+
+// run is the parked thread's goroutine. It locks itself to its thread for
+// good, so the thread ends with it: that takes it out of g without another
+// move (and its wait), and no other goroutine ever runs there. The Go
+// runtime never clones a thread from a locked one (it asks its template
+// thread), so no other agent thread lands in g. Go never ends the main
+// thread (it would stay in g for ever), and in a job's memory cgroup that
+// thread would stand for the whole agent in an out-of-memory kill: if run
+// finds itself there, it holds that thread while another one parks.
+func (t *parkedThread) run(g *cgroup, ready chan<- error) {
+	runtime.LockOSThread()
+	if syscall.Gettid() == os.Getpid() {
+		inner := make(chan struct{})
+		go func() { t.run(g, ready); close(inner) }()
+		<-inner
+		runtime.UnlockOSThread()
+		return
+	}
+	defer close(t.gone)
+	err := moveThread(g.dirs, []byte(strconv.Itoa(syscall.Gettid())))
+	ready <- err
 	if err != nil {
-		return nil, err
+		return
 	}
-	dirs := make([]string, len(g.ctrls))
-	for i, ctrl := range g.ctrls {
-		if dirs[i], err = cgroupDir(g.host.mounts, own[ctrl], func(m cgroupMount) bool { return !m.v2 && slices.Contains(m.ctrls, ctrl) }); err != nil {
-			return nil, fmt.Errorf("the agent's %s cgroup: %v", ctrl, err)
+	select {
+	case cmd := <-t.fork:
+		var r forkResult
+		if r.err = startChild(cmd); r.err == nil && g.maxProcs > 0 {
+			r.limit = g.setProcs(g.maxProcs) // the job's own limit, now this thread leaves
 		}
+		t.done <- r
+	case <-t.quit:
 	}
-	return dirs, nil
 }
 
 // moveThread moves thread tid into each of the v1 cgroups dirs.

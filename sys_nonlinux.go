@@ -44,8 +44,10 @@ func cgroupSupport() error { return errors.New("cgroups are a Linux feature") }
 
 func cgroupV2Support() error { return cgroupSupport() }
 
-// startInCgroup is never reached without a cgroup host.
+// startInCgroup and parkThread are never reached without a cgroup host.
 func startInCgroup(cmd *exec.Cmd, g *cgroup) error { return cgroupSupport() }
+
+func parkThread(g *cgroup) error { return cgroupSupport() }
 
 // procLimitNote: nothing caps a job's processes here (macOS has no
 // prlimit, to set another process's limit).
