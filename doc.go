@@ -51,6 +51,7 @@
 //	jobs_process.go       a job's processes: started, stopped; the shells
 //	jobs_contain.go       what holds a job's processes together (cgroup or process group)
 //	jobs_cgroup.go        the cgroups of jobs, v2 and v1
+//	jobs_cgroup_pool.go   spare v1 cgroups with a thread moved in, off a job's start
 //	jobs_output.go        what goes into a job's log, and what happens when it cannot
 //	jobs_log.go           the on-disk log of one job, read by seq
 //	jobs_journal.go       job states on disk, work folders, crash recovery

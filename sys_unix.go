@@ -80,8 +80,20 @@ func signalProcess(pid int, force bool) error {
 // procEnvHas reports whether pid's environment (as it was at its exec)
 // holds kv, "NAME=value". Without /proc it never does.
 func procEnvHas(pid int, kv string) bool {
-	env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "environ"))
-	return err == nil && slices.ContainsFunc(bytes.Split(env, []byte{0}), func(b []byte) bool { return string(b) == kv })
+	path := filepath.Join("/proc", strconv.Itoa(pid), "environ")
+	// While a process execs, its environ reads as empty for a moment: read
+	// again (for up to 50 ms) before taking an empty one for an answer.
+	for range 50 {
+		env, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		if len(env) > 0 {
+			return slices.ContainsFunc(bytes.Split(env, []byte{0}), func(b []byte) bool { return string(b) == kv })
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return false
 }
 
 // processAlive reports whether pid is a live (not zombie) process.
