@@ -253,6 +253,8 @@ func handleInfo(c *call) (any, error) {
 			"max_line": l.MaxLine, "max_body_discard": maxDiscard,
 			"handshake_timeout_s": l.HandshakeTimeout.Seconds(), "idle_timeout_s": l.IdleTimeout.Seconds(),
 			"body_timeout_s": l.BodyTimeout.Seconds(), "max_conns": l.MaxConns, "max_wait_ms": l.MaxWait.Milliseconds(),
+			"max_conns_per_key": l.MaxConnsPerKey, "line_timeout_s": l.LineTimeout.Seconds(),
+			"hello_timeout_s": l.HelloTimeout.Seconds(), "job_max_log": c.srv.cfg.JobMaxLog,
 		},
 	}, nil
 }
