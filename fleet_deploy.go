@@ -140,7 +140,7 @@ func (c *clientCmd) fanDeploy(app, version, file string, params map[string]any) 
 	f.out.stopProgress()
 	for i := range st {
 		f.results[i].detail = rolloutDetail(f.results[i], st[i])
-		f.results[i].fields = map[string]any{"release": nilIfEmpty(st[i].deployed), "current": nilIfEmpty(st[i].now), "previous": nilIfEmpty(st[i].before), "rolled_back": st[i].rolled != ""}
+		f.results[i].fields = map[string]any{"release": strPtr(st[i].deployed), "current": strPtr(st[i].now), "previous": strPtr(st[i].before), "rolled_back": st[i].rolled != ""}
 		if !st[i].known {
 			f.results[i].fields["current"] = nil
 		}
@@ -149,13 +149,6 @@ func (c *clientCmd) fanDeploy(app, version, file string, params map[string]any) 
 		}
 	}
 	return f.finish(failures.Load() > 0)
-}
-
-func nilIfEmpty(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
 }
 
 // deployOne deploys on one agent and follows its log.

@@ -298,6 +298,9 @@ func (f *fanOut) runJob(a *agentEntry, w *agentOut, method string, params map[st
 			return nil, &agentResult{outcome: outCancelled, detail: fmt.Sprintf("stopped waiting: job %s may still be running: follow it with \"tentacle job -follow %s %s\"", fl.ticket, a.Name, fl.ticket)}
 		}
 		r := callFailed("job "+fl.ticket, err)
+		if !errors.As(err, new(*rpcError)) { // lost, not refused: the agent may carry on
+			r.detail += fmt.Sprintf("; the job may go on on the agent: follow it with \"tentacle job -follow %s %s\"", a.Name, fl.ticket)
+		}
 		return nil, &r
 	}
 	if err := fl.complete(); err != nil {
