@@ -4,6 +4,7 @@ package main
 // process, beside what a user would otherwise write: the same 100
 // single-mode exec processes started in parallel by a shell, in the same
 // run, interleaved round by round; and the fan-out client's peak memory.
+// Each agent is a process of its own, as deployed (one agent a machine).
 // Run: go test -run '^$' -bench FleetExec -benchtime 1x
 
 import (
@@ -28,13 +29,9 @@ func BenchmarkFleetExec(b *testing.B) {
 	var agents, shell strings.Builder
 	shell.WriteString("T=" + bin + "\nH=" + home + "\n")
 	for i := range n {
-		logf, err := os.Create(filepath.Join(b.TempDir(), "agent.log"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { logf.Close() })
-		a := startAgentLogging(b, logf)
-		writeTrust(b, a.home, client.thumbprint+" bench\n")
+		agentHome := b.TempDir()
+		writeTrust(b, agentHome, client.thumbprint+" bench\n")
+		a := startProcAgent(b, bin, agentHome)
 		fmt.Fprintf(&agents, "b%03d %s %s\n", i, a.addr, a.thumbprint)
 		fmt.Fprintf(&shell, "\"$T\" exec -home \"$H\" -pin %s %s -- true &\n", a.thumbprint, a.addr)
 	}

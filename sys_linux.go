@@ -51,6 +51,12 @@ const prSetChildSubreaper = 36 // from <linux/prctl.h>
 // child the children lists missed while it was exiting.
 const reapInterval = 5 * time.Second
 
+// reapSpacing is the least time between two sweeps a SIGCHLD asks for: a
+// sweep reads the children of every thread in /proc, and a burst of jobs
+// ending (every job's process is a child) would otherwise pay one sweep
+// each. An orphan is reaped at most this much later.
+const reapSpacing = 50 * time.Millisecond
+
 // reaper is process-wide: one per process, shared by every agent running in
 // it (tests run several, one after another and sometimes overlapping).
 var reaper struct {
@@ -134,15 +140,26 @@ func reapLoop(log *slog.Logger, sig chan os.Signal, stop, done chan struct{}) {
 	defer signal.Stop(sig)
 	tick := time.NewTicker(reapInterval)
 	defer tick.Stop()
+	var last time.Time
+	var spaced <-chan time.Time // a sweep put off by reapSpacing
 	for {
 		select {
 		case <-stop:
 			reapOrphans(log)
 			return
 		case <-sig: // signals coalesce: a sweep takes every zombie there is
+			if wait := reapSpacing - time.Since(last); wait > 0 {
+				if spaced == nil {
+					spaced = time.After(wait)
+				}
+				continue
+			}
+		case <-spaced:
+			spaced = nil
 		case <-tick.C:
 		}
 		reapOrphans(log)
+		last = time.Now()
 	}
 }
 
