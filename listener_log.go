@@ -198,6 +198,9 @@ func (s *server) logRequest(c *conn, d requestDone) {
 	if d.quiet && d.err == nil {
 		level = slog.LevelDebug
 	}
+	if !s.log.Enabled(s.ctx, level) {
+		return // a poll at info: not even its address is formatted
+	}
 	s.log.Log(s.ctx, level, "request", "peer", c.peer.addr.String(), "thumbprint", c.peer.thumbprint, "name", c.peer.entry.Name,
 		"method", clip(d.method, maxLogString), "duration", d.duration.Round(time.Microsecond), "outcome", outcome)
 }

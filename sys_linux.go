@@ -334,12 +334,12 @@ func (w *writeback) syncRange(off, n int64, flags int) bool {
 // fileVersion identifies a version of a file for the hash cache: device,
 // inode, size, mtime and ctime. ctime cannot be set by a user, so a file
 // written in place always gets a new stamp.
-func fileVersion(fi os.FileInfo) string {
+func fileVersion(fi os.FileInfo) fileID {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return ""
+		return fileID{}
 	}
-	return fmtStamp(uint64(st.Dev), st.Ino, fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Nano())
+	return fileID{uint64(st.Dev), st.Ino, fi.Size(), fi.ModTime().UnixNano(), st.Ctim.Nano()}
 }
 
 // cgroupSupport: Linux has cgroups.

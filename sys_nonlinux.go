@@ -34,8 +34,8 @@ func (w *writeback) advance(n int) {}
 // fileVersion identifies a version of a file for the hash cache. Without a
 // portable ctime, size and mtime must do; the agent's own uploads always
 // make a new file, so they are never mistaken for an older version.
-func fileVersion(fi os.FileInfo) string {
-	return fmtStamp(0, 0, fi.Size(), fi.ModTime().UnixNano(), 0)
+func fileVersion(fi os.FileInfo) fileID {
+	return fileID{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 }
 
 // cgroupSupport: there are no cgroups here, and jobs are held by process

@@ -19,7 +19,7 @@ import (
 // file.download put the digest in its header without reading a large file
 // twice.
 type fileHash struct {
-	stamp string
+	stamp fileID
 	sha   string
 }
 
@@ -33,7 +33,7 @@ func (p *packageCache) fileSHA(path string, f *os.File, fi os.FileInfo) (string,
 	p.mu.Lock()
 	fh, ok := p.hashes[path]
 	p.mu.Unlock()
-	if ok && stamp != "" && fh.stamp == stamp {
+	if ok && stamp != (fileID{}) && fh.stamp == stamp {
 		return fh.sha, nil
 	}
 	h := sha256.New()
@@ -50,7 +50,7 @@ func (p *packageCache) fileSHA(path string, f *os.File, fi os.FileInfo) (string,
 // rememberSHA records path's digest as of fi.
 func (p *packageCache) rememberSHA(path string, fi os.FileInfo, sha string) {
 	stamp := fileVersion(fi)
-	if stamp == "" {
+	if stamp == (fileID{}) {
 		return
 	}
 	p.mu.Lock()
@@ -64,9 +64,12 @@ func (p *packageCache) rememberSHA(path string, fi os.FileInfo, sha string) {
 	p.hashes[path] = fileHash{stamp: stamp, sha: sha}
 }
 
-// fmtStamp formats a file's identity for the hash cache.
-func fmtStamp(dev, ino uint64, size, mtime, ctime int64) string {
-	return fmt.Sprintf("%d:%d:%d:%d:%d", dev, ino, size, mtime, ctime)
+// fileID is a version of a file (fileVersion): comparable, and compared on
+// every request for the trust list, so no formatting. The zero value means
+// "cannot tell".
+type fileID struct {
+	dev, ino           uint64
+	size, mtime, ctime int64
 }
 
 // resolvePath turns a client's path into an absolute one: absolute paths as
