@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -335,3 +336,36 @@ func closedPorts(t testing.TB, n int) []string {
 }
 
 func closedPort(t testing.TB) string { return closedPorts(t, 1)[0] }
+
+// FuzzAgentsFile: any bytes as an agents file parse without a panic, every
+// line is either kept as an entry, blank or a comment, or reported with its
+// number, and an entry written back as a line reads back the same.
+func FuzzAgentsFile(f *testing.F) {
+	f.Add("web1 10.0.0.1 " + tpA + " web prod\n# comment\n\n")
+	f.Add("db1 [::1]:10933 sha256:" + strings.ToLower(tpA) + "\nweb1 h " + tpA + "\nweb1 h " + tpA + "\n")
+	f.Add("x\n" + strings.Repeat("a", maxAgentsLine+2) + "\ny y y\r\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		a := &agentsFile{path: "fuzz", byName: map[string]*agentEntry{}}
+		if err := a.parse(strings.NewReader(text)); err != nil {
+			return // larger than the file cap
+		}
+		kept := 0
+		for _, l := range a.lines {
+			if s := strings.TrimSpace(l); l != droppedLine && (s == "" || s[0] == '#') {
+				kept++
+			}
+		}
+		if kept+len(a.entries)+len(a.problems) != len(a.lines) {
+			t.Fatalf("%d lines: %d blank or comments, %d entries, %d problems", len(a.lines), kept, len(a.entries), len(a.problems))
+		}
+		for _, e := range a.entries {
+			if a.byName[e.Name] != e || len(e.Pin) != 64 {
+				t.Fatalf("entry %+v", e)
+			}
+			back, err := parseAgentLine(e.text())
+			if err != nil || back.Name != e.Name || back.Addr != e.Addr || back.Pin != e.Pin || !slices.Equal(back.Tags, e.Tags) {
+				t.Fatalf("%q reads back as %+v, %v", e.text(), back, err)
+			}
+		}
+	})
+}
