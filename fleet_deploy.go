@@ -133,14 +133,17 @@ func (c *clientCmd) fanDeploy(app, version, file string, params map[string]any) 
 		}
 		f.out.setPhase(label, "rolling back", len(moved))
 		f.each(moved, nil, func(i int, a *agentEntry, w *agentOut) agentResult {
-			f.rollbackOne(a, w, app, &st[i])
-			return f.results[i]
+			r := f.results[i]
+			if !f.rollbackOne(a, w, app, &st[i]) {
+				r.outcome = outFailed // left on the new release: not where the fleet was asked to end
+			}
+			return r
 		})
 	}
 	f.out.stopProgress()
 	for i := range st {
 		f.results[i].detail = rolloutDetail(f.results[i], st[i])
-		f.results[i].fields = map[string]any{"release": strPtr(st[i].deployed), "current": strPtr(st[i].now), "previous": strPtr(st[i].before), "rolled_back": st[i].rolled != ""}
+		f.results[i].fields = map[string]any{"release": strPtr(st[i].deployed), "current": strPtr(st[i].now), "previous": strPtr(st[i].before), "rolled_back": st[i].rolled == "rolled back"}
 		if !st[i].known {
 			f.results[i].fields["current"] = nil
 		}
@@ -186,16 +189,17 @@ func (f *fanOut) deployOne(a *agentEntry, w *agentOut, app, version string, para
 	}
 }
 
-// rollbackOne points app on a back at the release it had before.
-func (f *fanOut) rollbackOne(a *agentEntry, w *agentOut, app string, st *rolloutAgent) {
+// rollbackOne points app on a back at the release it had before. It
+// reports false when the agent could not be put back.
+func (f *fanOut) rollbackOne(a *agentEntry, w *agentOut, app string, st *rolloutAgent) bool {
 	if st.before == "" {
 		st.rolled = "not rolled back: it had no release before"
-		return
+		return true
 	}
 	cc, fail := f.connect(a)
 	if fail != nil {
 		st.rolled, st.known = "rollback failed: "+fail.detail, false
-		return
+		return false
 	}
 	defer cc.Close()
 	var r struct {
@@ -203,10 +207,11 @@ func (f *fanOut) rollbackOne(a *agentEntry, w *agentOut, app string, st *rollout
 	}
 	if err := callOn(cc, "deploy.rollback", map[string]string{"app": app, "to": st.before}, &r); err != nil {
 		st.rolled = "rollback failed: " + callFailed("deploy.rollback", err).detail
-		return
+		return false
 	}
 	st.now, st.rolled = r.Current, "rolled back"
 	w.say("rolled back %s: current -> %s (was %s)", app, r.Current, st.deployed)
+	return true
 }
 
 // rolloutDetail is an agent's summary words: what happened and what is

@@ -49,6 +49,59 @@ func currents(t *testing.T, fl *testFleet, app string) string {
 	return strings.Join(cs, " ")
 }
 
+// An agent that deployed, then became unreachable before the rollback, is
+// left on the new release: it is a failure, not "ok", and -json does not
+// say it was rolled back.
+func TestRollbackOnFailureUnreachable(t *testing.T) {
+	needSh(t)
+	fl := startFleet(t, 2, nil)
+	v1 := breakablePkg(t, "1.0")
+	if _, stderr, code := fl.cli("deploy", "all", "site", "1.0", v1); code != 0 {
+		t.Fatalf("v1: %q", stderr)
+	}
+	// Deploy.sh says it is running, waits while "hold" is there, then
+	// fails where "broken" is: on a2, held until a1 is gone.
+	deploy := `touch "$TENTACLE_SHARED_DIR/running"
+while [ -e "$TENTACLE_SHARED_DIR/hold" ]; do sleep 0.01; done
+if [ -e "$TENTACLE_SHARED_DIR/broken" ]; then echo "config check failed" >&2; exit 1; fi
+`
+	v2 := writeFileIn(t.TempDir(), "site-2.0.tar.gz", gz(t, makeTar(t, []tEntry{file("Deploy.sh", deploy)})))
+	shared := filepath.Join(fl.agents[1].home, "apps", "site", "shared")
+	breakAgent(t, fl.agents[1], "site", "hold")
+	breakAgent(t, fl.agents[1], "site", "broken")
+	type res struct {
+		stdout, stderr string
+		code           int
+	}
+	done := make(chan res, 1)
+	go func() {
+		o, e, c := fl.cli("deploy", "-batch", "1", "-rollback-on-failure", "-json", "all", "site", "2.0", v2)
+		done <- res{o, e, c}
+	}()
+	waitFor(t, "a2's deploy to run", 30*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(shared, "running"))
+		return err == nil
+	})
+	fl.agents[0].stop() // a1 deployed 2.0 in the first batch; now it is gone
+	os.Remove(filepath.Join(shared, "hold"))
+	r := <-done
+	if r.code != 1 || current(t, fl.agents[0].home, "site") != "2.0" || current(t, fl.agents[1].home, "site") != "1.0" {
+		t.Fatalf("code %d, currents %s %s\nstdout %s\nstderr %q", r.code, current(t, fl.agents[0].home, "site"), current(t, fl.agents[1].home, "site"), r.stdout, r.stderr)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var ev map[string]any
+		json.Unmarshal([]byte(l), &ev)
+		if ev["agent"] != "a1" || ev["outcome"] == nil {
+			continue
+		}
+		if ev["outcome"] != "failed" || ev["rolled_back"] != false || ev["release"] != "2.0" || !strings.Contains(ev["error"].(string), "rollback failed") {
+			t.Fatalf("a1's end: %v", ev)
+		}
+		return
+	}
+	t.Fatalf("no end event for a1:\n%s", r.stdout)
+}
+
 func TestRollingDeploy(t *testing.T) {
 	needSh(t)
 	fl := startFleet(t, 4, nil)
