@@ -240,11 +240,22 @@ func prepareHome(home string) error {
 			return nil
 		}
 	}
-	if errors.Is(err, fs.ErrPermission) || isReadOnlyFS(err) {
-		uid, gid := os.Geteuid(), os.Getegid()
+	uid, gid := os.Geteuid(), os.Getegid()
+	switch fi, serr := os.Stat(home); {
+	case isReadOnlyFS(err):
+		return fmt.Errorf("home %q is on a read-only file system: mount a writable volume there (docker run -v NAME:%s) or choose another -home", home, home)
+	case errors.Is(err, fs.ErrPermission) && serr == nil && ownerIs(fi, uid):
+		return fmt.Errorf("home %q is not writable by uid %d, its owner (mode %s): fix it with \"chmod u+w %s\" or choose another -home", home, uid, octalMode(fi.Mode()), home)
+	case errors.Is(err, fs.ErrPermission):
 		return fmt.Errorf("home %q is not writable by uid %d (gid %d): give it to that user with \"chown -R %d:%d %s\" (for a bind mount, on the host), run as its owner (docker run --user), or choose another -home", home, uid, gid, uid, gid, home)
 	}
 	return fmt.Errorf("failed to create home %q: %v", home, err)
+}
+
+// ownerIs tells whether uid owns fi (false where owners cannot be told).
+func ownerIs(fi os.FileInfo, uid int) bool {
+	owner, _, ok := fileOwner(fi)
+	return ok && owner == uid
 }
 
 // checkHome checks, as StrictModes means it (trust_modes.go), the home and

@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -564,5 +565,59 @@ func BenchmarkJobCgroupStart(b *testing.B) {
 			msg = append(msg, fmt.Sprintf("%s %v (%.2f)", w.name, median(w.took).Round(10*time.Microsecond), float64(median(w.took))/float64(median(ways[0].took))))
 		}
 		b.Logf("medians of %d, spaced 20ms, start+wait+remove of true (ratio to no cgroup): %s", rounds, strings.Join(msg, ", "))
+	}
+}
+
+// TestUnwritableHome: a home the agent's user cannot write stops it at
+// once with one line whose fix fits the cause: another owner (chown), its
+// own owner without write permission (chmod), a read-only file system
+// (a writable volume). Run as nobody, and in a mount namespace for the
+// read-only case.
+func TestUnwritableHome(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	unshare, uerr := exec.LookPath("unshare")
+	if err != nil || uerr != nil || os.Getuid() != 0 {
+		t.Skip("needs root, setpriv and unshare (util-linux)")
+	}
+	const nobody = 65534
+	bin := buildOpsBinary(t)
+	base := t.TempDir()
+	for _, d := range []string{filepath.Dir(base), base, filepath.Dir(bin)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rootsHome, ownHome, roMount := filepath.Join(base, "roots"), filepath.Join(base, "own"), filepath.Join(base, "ro")
+	for _, d := range []string{rootsHome, ownHome, roMount} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(ownHome, nobody, nobody); err != nil || os.Chmod(ownHome, 0o555) != nil {
+		t.Fatal("cannot make a read-only home for nobody")
+	}
+	asNobody := []string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "-listen", "127.0.0.1:0", "-home"}
+	for _, tc := range []struct {
+		name string
+		argv []string
+		want string
+	}{
+		{"owned by root", append(asNobody, rootsHome), `home "` + rootsHome + `" is not writable by uid 65534 (gid 65534): give it to that user with "chown -R 65534:65534 ` + rootsHome + `"`},
+		{"own, mode 0555", append(asNobody, ownHome), `home "` + ownHome + `" is not writable by uid 65534, its owner (mode 0555): fix it with "chmod u+w ` + ownHome + `"`},
+		{"read-only file system", []string{unshare, "--mount", "sh", "-c", `mount -t tmpfs -o ro tmpfs "$1" && exec "$2" run -listen 127.0.0.1:0 -home "$1/home"`, "sh", roMount, bin},
+			`home "` + roMount + `/home" is on a read-only file system: mount a writable volume there (docker run -v NAME:` + roMount + `/home)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(tc.argv[0], tc.argv[1:]...)
+			cmd.Env = baseEnv()
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Fatalf("exit %v, want 1:\n%s", err, out)
+			}
+			if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], "tentacle run: "+tc.want) {
+				t.Fatalf("output:\n%s\nwant one line starting %q", out, "tentacle run: "+tc.want)
+			}
+		})
 	}
 }
