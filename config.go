@@ -166,6 +166,19 @@ func runFlags(fs *flag.FlagSet) *config {
 	return c
 }
 
+// checkEnvDefaults refuses a bad value in an environment variable that
+// stands in for a flag not given (a flag given wins, bad variable or not).
+func checkEnvDefaults(fs *flag.FlagSet) error {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "shutdown-grace" })
+	if v := os.Getenv("TENTACLE_SHUTDOWN_GRACE"); v != "" && !given {
+		if _, err := time.ParseDuration(v); err != nil {
+			return fmt.Errorf("TENTACLE_SHUTDOWN_GRACE=%q is not a duration such as 8s", v)
+		}
+	}
+	return nil
+}
+
 // check validates a config after parsing; its errors are usage errors.
 func (c *config) check() error {
 	if c.Home == "" {
@@ -185,11 +198,6 @@ func (c *config) check() error {
 	}
 	if c.JobMaxProcs < 0 || c.JobMaxProcs == 1 || c.JobMaxMemory < 0 || (c.JobMaxMemory > 0 && c.JobMaxMemory < 1<<20) {
 		return errors.New("-job-max-procs must be 0 (no limit) or at least 2, and -job-max-memory 0 (no limit) or at least 1048576 bytes")
-	}
-	if v := os.Getenv("TENTACLE_SHUTDOWN_GRACE"); v != "" {
-		if _, err := time.ParseDuration(v); err != nil {
-			return fmt.Errorf("TENTACLE_SHUTDOWN_GRACE=%q is not a duration such as 8s", v)
-		}
 	}
 	if strings.TrimSpace(c.Listen) == "" {
 		return errors.New("-listen must not be empty")

@@ -5,6 +5,7 @@ package main
 // errors and suggestions, and the version. doc.go is the map of the rest.
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -260,7 +261,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if _, code, ok := parseFlags(fs, args, 0, 0); !ok {
 		return code
 	}
-	if err := cfg.check(); err != nil {
+	if err := cmp.Or(checkEnvDefaults(fs), cfg.check()); err != nil {
 		fmt.Fprintf(stderr, "tentacle run: %v\n", err)
 		return 2
 	}

@@ -283,6 +283,15 @@ func TestCLIUsage(t *testing.T) {
 	if again, _, _ := runCLI("show-thumbprint"); again != out {
 		t.Fatalf("TENTACLE_HOME not used: %q vs %q", again, out)
 	}
+	// A bad TENTACLE_SHUTDOWN_GRACE is a usage error, unless -shutdown-grace
+	// is given (the flag wins; -log-format xml stops run before it starts).
+	t.Setenv("TENTACLE_SHUTDOWN_GRACE", "soon")
+	if _, stderr, code := runCLI("run", "-log-format", "xml"); code != 2 || !strings.Contains(stderr, `TENTACLE_SHUTDOWN_GRACE="soon" is not a duration`) {
+		t.Fatalf("bad TENTACLE_SHUTDOWN_GRACE: code %d, %q", code, stderr)
+	}
+	if _, stderr, code := runCLI("run", "-shutdown-grace", "5s", "-log-format", "xml"); code != 2 || strings.Contains(stderr, "TENTACLE_SHUTDOWN_GRACE") || !strings.Contains(stderr, "-log-format") {
+		t.Fatalf("-shutdown-grace given: code %d, %q", code, stderr)
+	}
 }
 
 // raceDetector is whether this test binary was built with -race: tests too
