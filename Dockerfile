@@ -17,7 +17,7 @@
 #   BINARY                a static tentacle binary in the build context,
 #                         built beforehand with CGO_ENABLED=0 go build
 #                         -trimpath: then nothing is compiled and GO_IMAGE
-#                         only needs sh, cp and touch
+#                         only needs sh, cp, mkdir, chmod and touch
 #   VERSION, COMMIT       stamped into the binary built here
 #   SOURCE_DATE_EPOCH     the mtime of every file the build writes, so the
 #                         same commit and bases give the same layers

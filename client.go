@@ -458,3 +458,11 @@ func clientFailed(stderr io.Writer, cmd string, err error) int {
 	}
 	return 1
 }
+
+// countOf is "1 line" or "N lines": n and the noun, plural but for one.
+func countOf(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

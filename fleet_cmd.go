@@ -63,16 +63,8 @@ Example:
 var agentsSubcommands = []string{"add", "remove", "list", "tag", "untag", "status"}
 
 func cmdAgents(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || !slices.Contains(agentsSubcommands, args[0]) {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			fmt.Fprint(stdout, strings.TrimLeft(usageAgents, "\n"))
-			return 0
-		}
-		if len(args) > 0 {
-			fmt.Fprintf(stderr, "tentacle agents: unknown subcommand %q (want %s)\n\n", args[0], strings.Join(agentsSubcommands, ", "))
-		}
-		fmt.Fprint(stderr, strings.TrimLeft(usageAgents, "\n"))
-		return 2
+	if code, ok := subcommand("agents", agentsSubcommands, usageAgents, args, stdout, stderr); !ok {
+		return code
 	}
 	sub := args[0]
 	c := &clientCmd{name: "agents " + sub, fs: newFlagSet("agents "+sub, usageAgents, stderr), stdout: stdout, stderr: stderr, usageText: usageAgents}

@@ -109,7 +109,7 @@ func (c *clientCmd) fanDeploy(app, version, file string, params map[string]any) 
 		if !tooMany() {
 			return nil
 		}
-		return &agentResult{outcome: outSkipped, detail: fmt.Sprintf("not started: %s failed, more than -max-failures %d", agentsCount(int(failures.Load())), f.ff.maxFailures)}
+		return &agentResult{outcome: outSkipped, detail: fmt.Sprintf("not started: %s failed, more than -max-failures %d", countOf(int(failures.Load()), "agent"), f.ff.maxFailures)}
 	}
 	f.out.setPhase(label, "", len(ready))
 	for b := 0; b < batches; b++ {

@@ -171,15 +171,7 @@ func totalLine(n int, counts map[string]int, took time.Duration) string {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
 		}
 	}
-	return fmt.Sprintf("%s: %s (%.1fs)", agentsCount(n), strings.Join(parts, ", "), took.Seconds())
-}
-
-// agentsCount is "1 agent" or "N agents".
-func agentsCount(n int) string {
-	if n == 1 {
-		return "1 agent"
-	}
-	return fmt.Sprintf("%d agents", n)
+	return fmt.Sprintf("%s: %s (%.1fs)", countOf(n, "agent"), strings.Join(parts, ", "), took.Seconds())
 }
 
 // errPinMismatch is what fleetDial's pin check answers the TLS stack.
@@ -371,7 +363,7 @@ func (f *fanOut) handleInterrupt() func() {
 	}
 	return onInterrupts(func() {
 		jobs := running()
-		f.out.note(fmt.Sprintf("tentacle %s: cancelling the jobs running on %s and starting no more (Ctrl-C again to stop waiting)", f.c.name, agentsCount(len(jobs))))
+		f.out.note(fmt.Sprintf("tentacle %s: cancelling the jobs running on %s and starting no more (Ctrl-C again to stop waiting)", f.c.name, countOf(len(jobs), "agent")))
 		for fl, w := range jobs {
 			go f.cancelJob(fl, w)
 		}

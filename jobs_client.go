@@ -382,7 +382,7 @@ func cmdJob(args []string, stdout, stderr io.Writer) int {
 	if len(st.Result) > 0 && string(st.Result) != "null" {
 		fmt.Fprintf(w, "result:    %s\n", st.Result)
 	}
-	fmt.Fprintf(w, "log:       %d lines\n", len(logs))
+	fmt.Fprintf(w, "log:       %s\n", countOf(len(logs), "line"))
 	for _, e := range logs {
 		fmt.Fprintf(w, "%s %-6s %s\n", e.Time, e.Stream, e.Text)
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 )
 
@@ -105,6 +106,26 @@ func commandNames() []string {
 		names[i] = c.name
 	}
 	return names
+}
+
+// subcommand checks that args starts with one of a command's subcommands
+// (ok). Otherwise it has answered: -h prints the usage to stdout (code 0);
+// no subcommand prints it to stderr, and an unknown one gets one line
+// naming it, with the closest and the choices (code 2).
+func subcommand(name string, subs []string, usage string, args []string, stdout, stderr io.Writer) (code int, ok bool) {
+	switch {
+	case len(args) > 0 && slices.Contains(subs, args[0]):
+		return 0, true
+	case len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help"):
+		fmt.Fprint(stdout, strings.TrimLeft(usage, "\n"))
+		return 0, false
+	case len(args) == 0:
+		fmt.Fprint(stderr, strings.TrimLeft(usage, "\n"))
+		return 2, false
+	}
+	fmt.Fprintf(stderr, "tentacle %s: unknown subcommand %q%s: want %s\nRun \"tentacle %s -h\" for usage.\n",
+		name, clip(args[0], maxLogString), didYouMean(args[0], subs), strings.Join(subs, ", "), name)
+	return 2, false
 }
 
 // didYouMean is " (did you mean "X"?)" for the closest of names, or "".

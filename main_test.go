@@ -256,6 +256,8 @@ func TestCLIUsage(t *testing.T) {
 		{"unknown flag", []string{"run", "-nope"}, 2, "", "flag provided but not defined: -nope"},
 		{"mistyped command", []string{"exce"}, 2, "", `unknown command "exce" (did you mean "exec"?)`},
 		{"mistyped help", []string{"help", "deplyo"}, 2, "", `(did you mean "deploy"?)`},
+		{"mistyped subcommand", []string{"trust", "ad", tpA}, 2, "", `tentacle trust: unknown subcommand "ad" (did you mean "add"?): want add, remove, list`},
+		{"no subcommand", []string{"trust"}, 2, "", "tentacle trust add [-home DIR]"},
 		{"mistyped flag", []string{"exec", "-pinn", "x", "a", "--", "true"}, 2, "", "-pinn (did you mean -pin?)"},
 		{"flag prefix", []string{"exec", "-iso", "full", "a", "--", "true"}, 2, "", "(did you mean -isolation?)"},
 		{"extra argument", []string{"run", "now"}, 2, "", "wrong number of arguments"},

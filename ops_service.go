@@ -162,18 +162,11 @@ Example:
 `
 
 func cmdService(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("service", usageService, stderr)
-	if len(args) == 0 || (args[0] != "install" && args[0] != "uninstall") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return 0
-		}
-		_, code, _ := usageError(fs, "want install or uninstall")
+	if code, ok := subcommand("service", []string{"install", "uninstall"}, usageService, args, stdout, stderr); !ok {
 		return code
 	}
 	sub := args[0]
-	fs = newFlagSet("service "+sub, usageService, stderr)
+	fs := newFlagSet("service "+sub, usageService, stderr)
 	var spec serviceSpec
 	if sub == "install" {
 		fs.StringVar(&spec.Home, "home", cmp.Or(os.Getenv("TENTACLE_HOME"), serviceHome), "the agent's `dir`ectory (env TENTACLE_HOME)")

@@ -787,8 +787,8 @@ func TestServiceCommand(t *testing.T) {
 		inStdout string
 		inStderr string
 	}{
-		{"no subcommand", nil, 2, "", "want install or uninstall"},
-		{"unknown subcommand", []string{"frob"}, 2, "", "want install or uninstall"},
+		{"no subcommand", nil, 2, "", "tentacle service install [-home DIR]"},
+		{"unknown subcommand", []string{"instal"}, 2, "", `unknown subcommand "instal" (did you mean "install"?): want install, uninstall`},
 		{"bad user", []string{"install", "-dry-run", "-user", "Bad User"}, 2, "", "not a valid user name"},
 		{"stray argument", []string{"install", "-dry-run", "x"}, 2, "", "wrong number"},
 		{"uninstall takes no -home", []string{"uninstall", "-home", home}, 2, "", "flag provided but not defined"},

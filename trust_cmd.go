@@ -45,13 +45,8 @@ Example:
 `
 
 func cmdTrust(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "add" && args[0] != "remove" && args[0] != "list") {
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			fmt.Fprint(stdout, strings.TrimLeft(usageTrust, "\n"))
-			return 0
-		}
-		fmt.Fprint(stderr, strings.TrimLeft(usageTrust, "\n"))
-		return 2
+	if code, ok := subcommand("trust", []string{"add", "remove", "list"}, usageTrust, args, stdout, stderr); !ok {
+		return code
 	}
 	sub := args[0]
 	fs := newFlagSet("trust "+sub, usageTrust, stderr)
