@@ -24,8 +24,6 @@ package main
 import (
 	"bytes"
 	"cmp"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -264,13 +262,6 @@ func isDir(path string) bool {
 // and whole.
 func isGood(dir string, r release) bool { return r.Outcome == outcomeSuccess && isWhole(dir, r) }
 
-// randHex is a random suffix for a temporary name.
-func randHex() string {
-	var rnd [6]byte
-	rand.Read(rnd[:])
-	return hex.EncodeToString(rnd[:])
-}
-
 // readCurrent is the release current points at, or "" if none.
 func readCurrent(dir string) string {
 	t, err := os.Readlink(filepath.Join(dir, "current"))
@@ -292,7 +283,7 @@ func switchCurrent(dir, release string) error {
 		syncDir(dir)
 		return nil
 	}
-	tmp := filepath.Join(dir, ".current.tmp"+randHex())
+	tmp := filepath.Join(dir, ".current.tmp"+randomHex(6))
 	if err := os.Symlink(release, tmp); err != nil {
 		return err
 	}

@@ -177,7 +177,7 @@ func (d *deployManager) dropPackage(sha string) bool {
 // to delete once the record no longer has the release ("" if there was no
 // folder).
 func hideRelease(dir, rel string) (string, error) {
-	hidden := filepath.Join(dir, removingPrefix+rel+"-"+randHex())
+	hidden := filepath.Join(dir, removingPrefix+rel+"-"+randomHex(6))
 	if err := os.Rename(filepath.Join(dir, rel), hidden); err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			return "", err

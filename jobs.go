@@ -171,10 +171,14 @@ func newJobManager(cfg *config, log *slog.Logger) (*jobManager, error) {
 }
 
 // newTicket makes a job's ticket: 16 random lowercase hex digits.
-func newTicket() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+func newTicket() string { return randomHex(8) }
+
+// randomHex is n random bytes in lowercase hex: tickets, the suffixes of
+// temporary names.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // validTicket reports whether s can be a ticket: 16 to 64 of a-z 0-9 -

@@ -2,8 +2,6 @@ package main
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -310,11 +308,7 @@ func onInterrupts(first, again func()) (restore func()) {
 var ticketless sync.Map
 
 // clientTicket is a ticket of the client's choosing: 32 of a-z 0-9.
-func clientTicket() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
+func clientTicket() string { return randomHex(16) }
 
 // maxStartResends bounds how often a start whose answer was lost is sent
 // again (each after a reconnect).
