@@ -50,17 +50,11 @@ func (c *clientCmd) fanDeploy(app, version, file string, params map[string]any) 
 	if f == nil {
 		return 1
 	}
-	pf, fi, err := openRegular(file)
-	if err != nil {
-		fmt.Fprintf(c.stderr, "tentacle deploy: %v\n", err)
+	pf, fi, sha := c.openHashed(file)
+	if pf == nil {
 		return 1
 	}
 	defer pf.Close()
-	sha, err := hashFile(pf, fi.Size(), progressTo(c.stderr))
-	if err != nil {
-		fmt.Fprintf(c.stderr, "tentacle deploy: failed to read %q: %v\n", file, err)
-		return 1
-	}
 	params["package"] = sha
 	n := len(f.agents)
 	batch, _ := parseBatch(f.ff.batch, n)

@@ -5,23 +5,16 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"os"
 )
 
 // fanUpload sends the file local to remote on every selected agent.
 func (c *clientCmd) fanUpload(local, remote, mode string, overwrite bool) int {
-	lf, fi, err := openRegular(local)
-	if err != nil {
-		fmt.Fprintf(c.stderr, "tentacle upload: %v\n", err)
+	lf, fi, sha := c.openHashed(local)
+	if lf == nil {
 		return 1
 	}
 	defer lf.Close()
-	sha, err := hashFile(lf, fi.Size(), progressTo(c.stderr))
-	if err != nil {
-		fmt.Fprintf(c.stderr, "tentacle upload: failed to read %q: %v\n", local, err)
-		return 1
-	}
 	return c.onEach("", func(x *onAgent) agentResult {
 		res, err := uploadOpen(x.cc, lf, fi.Size(), sha, remote, mode, overwrite, nil)
 		if err != nil {

@@ -33,11 +33,18 @@ func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return fmt.Sprintf("%s…(%d bytes)", runePrefix(s, n), len(s))
+}
+
+// runePrefix is s cut to at most n bytes, on a character boundary.
+func runePrefix(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return fmt.Sprintf("%s…(%d bytes)", s[:cut], len(s))
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // noisyLog writes the log lines that strangers can cause at will: the

@@ -32,7 +32,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 )
 
 // auditKeep is how many rotated files (audit.log.1 …) are kept.
@@ -48,11 +47,8 @@ func clipString(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s…[%d bytes cut]", s[:cut], len(s)-cut)
+	cut := runePrefix(s, n)
+	return fmt.Sprintf("%s…[%d bytes cut]", cut, len(s)-len(cut))
 }
 
 // clipValue cuts every string in v, a parameter of c.audit.

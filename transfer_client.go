@@ -145,6 +145,22 @@ func openRegular(path string) (*os.File, os.FileInfo, error) {
 	return f, fi, nil
 }
 
+// openHashed opens the local file a command sends and hashes it, with a
+// progress bar on a terminal. On failure it has said why and f is nil.
+func (c *clientCmd) openHashed(path string) (f *os.File, fi os.FileInfo, sha string) {
+	f, fi, err := openRegular(path)
+	if err != nil {
+		fmt.Fprintf(c.stderr, "tentacle %s: %v\n", c.name, err)
+		return nil, nil, ""
+	}
+	if sha, err = hashFile(f, fi.Size(), progressTo(c.stderr)); err != nil {
+		f.Close()
+		fmt.Fprintf(c.stderr, "tentacle %s: failed to read %q: %v\n", c.name, path, err)
+		return nil, nil, ""
+	}
+	return f, fi, sha
+}
+
 // hashFile returns the SHA-256 of f's first size bytes.
 func hashFile(f *os.File, size int64, progress io.Writer) (string, error) {
 	bar := newProgressBar(progress, "hashing", size)
@@ -530,21 +546,15 @@ func cmdPush(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	rest := c.args
-	progress := progressTo(stderr)
-	f, fi, err := openRegular(rest[1])
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle push: %v\n", err)
+	f, fi, sha := c.openHashed(rest[1])
+	if f == nil {
 		return 1
 	}
 	defer f.Close()
-	sha, err := hashFile(f, fi.Size(), progress)
-	if err != nil {
-		fmt.Fprintf(stderr, "tentacle push: failed to read %q: %v\n", rest[1], err)
-		return 1
-	}
 	if c.fan != nil {
 		return c.fanPush(f, fi.Size(), sha)
 	}
+	progress := progressTo(stderr)
 	const attempts = 4
 	broken := false // the last attempt lost its connection
 	for i := 1; ; i++ {
