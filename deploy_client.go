@@ -219,9 +219,7 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	if len(rest) == 1 {
-		var r struct {
-			Apps []appInfo `json:"apps"`
-		}
+		var r appsReply
 		if err := cc.call("deploy.list", nil, &r); err != nil {
 			return c.fail(err)
 		}
@@ -238,9 +236,7 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	var r struct {
-		Releases []releaseInfo `json:"releases"`
-	}
+	var r releasesReply
 	if err := cc.call("deploy.list", map[string]string{"app": rest[1]}, &r); err != nil {
 		return c.fail(err)
 	}

@@ -107,6 +107,18 @@ type appInfo struct {
 	Current *string `json:"current"`
 }
 
+// appsReply is deploy.list's answer without an app, releasesReply with
+// one: the agent encodes them and the client decodes them.
+type appsReply struct {
+	Apps []appInfo `json:"apps"`
+}
+
+type releasesReply struct {
+	App      string        `json:"app"`
+	Current  *string       `json:"current"`
+	Releases []releaseInfo `json:"releases"`
+}
+
 func handleDeployList(c *call) (any, error) {
 	var p struct {
 		App string `json:"app"`
@@ -126,7 +138,7 @@ func handleDeployList(c *call) (any, error) {
 				apps = append(apps, appInfo{App: de.Name(), Current: strPtr(readCurrent(d.appDir(de.Name())))})
 			}
 		}
-		return map[string]any{"apps": apps}, nil
+		return appsReply{Apps: apps}, nil
 	}
 	if err := checkName("app", p.App); err != nil {
 		return nil, err
@@ -140,7 +152,7 @@ func handleDeployList(c *call) (any, error) {
 		rels = append(rels, releaseInfo{Release: r.Release, Version: r.Version, Deployed: r.Deployed.UTC().Format(time.RFC3339),
 			Outcome: r.Outcome, Package: r.Package, Current: r.Release == cur})
 	}
-	return map[string]any{"app": p.App, "current": strPtr(cur), "releases": rels}, nil
+	return releasesReply{App: p.App, Current: strPtr(cur), Releases: rels}, nil
 }
 
 func strPtr(s string) *string {

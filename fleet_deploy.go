@@ -235,9 +235,7 @@ func rolloutDetail(r agentResult, st rolloutAgent) string {
 func (c *clientCmd) fanReleases(app string) int {
 	if app == "" {
 		return c.onEach("AGENT\tAPP\tCURRENT", func(x *onAgent) agentResult {
-			var r struct {
-				Apps []appInfo `json:"apps"`
-			}
+			var r appsReply
 			if err := callOn(x.cc, "deploy.list", nil, &r); err != nil {
 				return callFailed("deploy.list", err)
 			}
@@ -248,10 +246,7 @@ func (c *clientCmd) fanReleases(app string) int {
 		})
 	}
 	return c.onEach("AGENT\t\tRELEASE\tVERSION\tDEPLOYED\tOUTCOME\tPACKAGE", func(x *onAgent) agentResult {
-		var r struct {
-			Current  *string       `json:"current"`
-			Releases []releaseInfo `json:"releases"`
-		}
+		var r releasesReply
 		if err := callOn(x.cc, "deploy.list", map[string]string{"app": app}, &r); err != nil {
 			return callFailed("deploy.list", err)
 		}

@@ -105,9 +105,7 @@ func (c *clientCmd) fanCall(method string, params json.RawMessage) int {
 // AGENT column.
 func (c *clientCmd) fanJobs() int {
 	return c.onEach("AGENT\tTICKET\tKIND\tSTATE\tOUTCOME\tSTARTED", func(x *onAgent) agentResult {
-		var r struct {
-			Jobs []jobListItem `json:"jobs"`
-		}
+		var r jobsReply
 		if err := callOn(x.cc, "job.list", nil, &r); err != nil {
 			return callFailed("job.list", err)
 		}

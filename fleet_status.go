@@ -100,12 +100,8 @@ func (f *fanOut) status(a *agentEntry, row *statusRow) agentResult {
 		Version string `json:"version"`
 		UptimeS int64  `json:"uptime_s"`
 	}
-	var jobs struct {
-		Jobs []jobListItem `json:"jobs"`
-	}
-	var apps struct {
-		Apps []appInfo `json:"apps"`
-	}
+	var jobs jobsReply
+	var apps appsReply
 	for _, q := range []struct {
 		method string
 		into   any

@@ -246,9 +246,7 @@ func cmdJobs(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer cc.Close()
-	var r struct {
-		Jobs []jobListItem `json:"jobs"`
-	}
+	var r jobsReply
 	if err := cc.call("job.list", nil, &r); err != nil {
 		return c.fail(err)
 	}

@@ -350,6 +350,12 @@ func handleJobComplete(c *call) (any, error) {
 	return st, nil
 }
 
+// jobsReply is job.list's answer, as the agent encodes it and the client
+// decodes it.
+type jobsReply struct {
+	Jobs []jobListItem `json:"jobs"`
+}
+
 // jobListItem is one job in job.list.
 type jobListItem struct {
 	Ticket  string  `json:"ticket"`
@@ -364,5 +370,5 @@ func handleJobList(c *call) (any, error) {
 	if err := decodeParams(c.params, &struct{}{}); err != nil {
 		return nil, err
 	}
-	return map[string]any{"jobs": c.srv.jobs.list(c.jobViewer())}, nil
+	return jobsReply{Jobs: c.srv.jobs.list(c.jobViewer())}, nil
 }
