@@ -228,11 +228,7 @@ func cmdReleases(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(tw, "APP\tCURRENT")
 		for _, a := range r.Apps {
-			cur := "-"
-			if a.Current != nil {
-				cur = *a.Current
-			}
-			fmt.Fprintf(tw, "%s\t%s\n", a.App, cur)
+			fmt.Fprintf(tw, "%s\t%s\n", a.App, orDash(a.Current))
 		}
 		return 0
 	}
