@@ -545,17 +545,10 @@ func TestDeployAgentKilled(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			home, clientHome := t.TempDir(), t.TempDir()
-			client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			writeTrust(t, home, client.thumbprint+" test-client\n")
+			home := t.TempDir()
+			client, clientHome := trustedClient(t, home, "test-client")
 			p := startProcAgent(t, bin, home)
-			c, err := dialAgent(p.addr, client, p.thumbprint, "", 10*time.Second, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			c := p.dial(t, client)
 			if st, logs := deploy(t, c, "app", "1", scriptPkg(t, "1"), nil); outcomeOf(st) != outcomeSuccess {
 				t.Fatalf("first deploy: %v", logs)
 			}
@@ -929,25 +922,6 @@ func sameTree(dir string, tp treePkg) string {
 	return ""
 }
 
-// startAgentAt is startAgent on a given home (a tmpfs, say).
-func startAgentAt(t testing.TB, home string, opts ...func(*config)) *testAgent {
-	t.Helper()
-	a := &testAgent{t: t, home: home, clientHome: t.TempDir()}
-	var err error
-	a.client, err = newIdentity(filepath.Join(a.clientHome, "tentacle.key"), filepath.Join(a.clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTrust(t, home, a.client.thumbprint+" test-client\n")
-	a.cfg = testConfig(t, home)
-	for _, o := range opts {
-		o(a.cfg)
-	}
-	a.start()
-	t.Cleanup(a.stop)
-	return a
-}
-
 // result is the part of a deploy job's result the tests read.
 type result struct {
 	Release string  `json:"release"`
@@ -983,7 +957,7 @@ func TestDeployFullDisk(t *testing.T) {
 	if home == "" {
 		t.Skip("needs a small tmpfs to fill: mount -t tmpfs works as root on Linux only")
 	}
-	a := startAgentAt(t, home, func(c *config) { c.PackageGrace = 0 })
+	a := startAgentAt(t, home, nil, func(c *config) { c.PackageGrace = 0 })
 	c := a.dial(t)
 	if st, logs := deploy(t, c, "shop", "1", scriptPkg(t, "1"), nil); outcomeOf(st) != outcomeSuccess {
 		t.Fatalf("1: %v", logs)
@@ -1142,33 +1116,6 @@ func dataDirs(home, app, rel string) int {
 	return n
 }
 
-// procClient is a client of a process agent.
-type procClient struct {
-	home   string
-	client *identity
-}
-
-func newProcClient(t testing.TB, home string) *procClient {
-	t.Helper()
-	ch := t.TempDir()
-	id, err := newIdentity(filepath.Join(ch, "tentacle.key"), filepath.Join(ch, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTrust(t, home, id.thumbprint+" test-client\n")
-	return &procClient{home: home, client: id}
-}
-
-func (pc *procClient) dial(t testing.TB, p *procAgent) *clientConn {
-	t.Helper()
-	c, err := dialAgent(p.addr, pc.client, p.thumbprint, "", 10*time.Second, nil)
-	if err != nil {
-		t.Fatalf("dial: %v\n%s", err, p.logs)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // checkAfterCrash checks what must hold after any crash and restart:
 // every release recorded successful is whole (its files are its
 // package's), current names one, nothing reads running, nothing of a
@@ -1230,9 +1177,9 @@ func TestDeployKilledDuringRetention(t *testing.T) {
 	}
 	bin := buildTentacle(t)
 	home := t.TempDir()
-	pc := newProcClient(t, home)
+	client, _ := trustedClient(t, home, "test-client")
 	p := startProcAgent(t, bin, home)
-	c := pc.dial(t, p)
+	c := p.dial(t, client)
 	big, small := manyFilesPkg(t, "1", 20, 250), manyFilesPkg(t, "2", 1, 1)
 	pkgs := map[string]treePkg{push(t, c, big.pkg): big, push(t, c, small.pkg): small}
 	// Deploy big as old, then small with retain 1, whose retention deletes
@@ -1270,7 +1217,7 @@ func TestDeployKilledDuringRetention(t *testing.T) {
 	}
 
 	p = startProcAgent(t, bin, home)
-	c = pc.dial(t, p)
+	c = p.dial(t, client)
 	checkAfterCrash(t, c, home, "app", pkgs, map[string]string{ticket: cur})
 	if st := statusOf(t, c, ticket); outcomeOf(st) != outcomeSuccess || current(t, home, "app") != cur {
 		t.Fatalf("the deploy killed in its retention: job %s, current %q; want success and %s", outcomeOf(st), current(t, home, "app"), cur)
@@ -1297,13 +1244,13 @@ func TestDeployCrashLoop(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 13))
 	bin := buildTentacle(t)
 	home := t.TempDir()
-	pc := newProcClient(t, home)
+	client, _ := trustedClient(t, home, "test-client")
 	pkgs := map[string]treePkg{}
 	tickets := map[string]string{}
 	var full time.Duration // how long a whole deploy took
 	for round := range rounds {
 		p := startProcAgent(t, bin, home)
-		c := pc.dial(t, p)
+		c := p.dial(t, client)
 		checkAfterCrash(t, c, home, "app", pkgs, tickets)
 		v := fmt.Sprintf("r%d", round)
 		goods := 0 // whole successful releases: retention deletes one if this deploy succeeds
@@ -1352,7 +1299,7 @@ func TestDeployCrashLoop(t *testing.T) {
 		t.Logf("round %d: killed after %s, during %s", round, time.Since(t0).Round(time.Millisecond), where)
 	}
 	p := startProcAgent(t, bin, home)
-	checkAfterCrash(t, pc.dial(t, p), home, "app", pkgs, tickets)
+	checkAfterCrash(t, p.dial(t, client), home, "app", pkgs, tickets)
 }
 
 // deleting reports whether a release of app other than the one being

@@ -349,10 +349,7 @@ func TestFleetAcrossHosts(t *testing.T) {
 	lab := newNetnsLab(t, 4) // host 0 is the client's
 	bin := buildTentacle(t)
 	clientHome := t.TempDir()
-	id, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := newIdentityIn(t, clientHome)
 	homes := make([]string, 4)
 	var agents strings.Builder
 	for i := 1; i <= 3; i++ {

@@ -823,20 +823,24 @@ func startProcAgent(t testing.TB, bin, home string) *procAgent {
 	return p
 }
 
+// dial connects to the agent as client, until the test's end.
+func (p *procAgent) dial(t testing.TB, client *identity) *clientConn {
+	t.Helper()
+	c, err := dialAgent(p.addr, client, p.thumbprint, "", 10*time.Second, nil)
+	if err != nil {
+		t.Fatalf("dial: %v\n%s", err, p.logs)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestCrashMarksRunningJobsLost(t *testing.T) {
 	needSh(t)
 	bin := buildTentacle(t)
-	home, clientHome := t.TempDir(), t.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTrust(t, home, client.thumbprint+" test-client\n")
+	home := t.TempDir()
+	client, _ := trustedClient(t, home, "test-client")
 	p := startProcAgent(t, bin, home)
-	c, err := dialAgent(p.addr, client, p.thumbprint, "", 10*time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := p.dial(t, client)
 	finished := startJob(t, c, map[string]any{"script": "echo done before the crash"})
 	_, before := followJob(t, c, finished)
 	script := `sleep 1000 & echo "pid $!"; echo "pid $$"; wait`
@@ -857,10 +861,7 @@ func TestCrashMarksRunningJobsLost(t *testing.T) {
 		}
 	}
 	p2 := startProcAgent(t, bin, home)
-	c, err = dialAgent(p2.addr, client, p2.thumbprint, "", 10*time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c = p2.dial(t, client)
 	defer c.Close()
 	st, after := followJob(t, c, finished)
 	if outcomeOf(st) != outcomeSuccess || !slices.Equal(before, after) {
@@ -1232,18 +1233,11 @@ func BenchmarkExec(b *testing.B) {
 	bin := buildTentacle(b)
 	// The agent is the real binary in its own process, as deployed, not
 	// this test process (whose scheduler and heap the client would share).
-	home, clientHome := b.TempDir(), b.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	writeTrust(b, home, client.thumbprint+" bench\n")
+	home := b.TempDir()
+	client, clientHome := trustedClient(b, home, "bench")
 	p := startProcAgent(b, bin, home)
 	addr, pin := p.addr, p.thumbprint
-	c, err := dialAgent(addr, client, pin, "", 10*time.Second, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := p.dial(b, client)
 	defer c.Close()
 	var execT, shT, openT []time.Duration
 	b.ResetTimer()

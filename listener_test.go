@@ -34,12 +34,7 @@ import (
 // newTestIdentity makes an identity in a fresh folder.
 func newTestIdentity(t testing.TB) *identity {
 	t.Helper()
-	dir := t.TempDir()
-	id, err := newIdentity(filepath.Join(dir, "tentacle.key"), filepath.Join(dir, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return newIdentityIn(t, t.TempDir())
 }
 
 // rawTLS opens a TLS connection presenting id (nil: no certificate), with
@@ -1682,12 +1677,8 @@ func TestPartialLinesKeepMemoryBounded(t *testing.T) {
 	if _, err := os.Stat("/proc/self/status"); err != nil {
 		t.Skip("needs /proc to read the agent's resident memory")
 	}
-	home, clientHome := t.TempDir(), t.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTrust(t, home, client.thumbprint+" flood\n")
+	home := t.TempDir()
+	client, _ := trustedClient(t, home, "flood")
 	p := startProcAgent(t, buildAgent(t), home)
 	addr := p.addr
 	conf := &tls.Config{Certificates: []tls.Certificate{client.cert}, InsecureSkipVerify: true}
@@ -2343,12 +2334,8 @@ func BenchmarkCoreMemory(b *testing.B) {
 		b.Skip("needs /proc")
 	}
 	bin := buildAgent(b)
-	home, clientHome := b.TempDir(), b.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	writeTrust(b, home, client.thumbprint+" bench\n")
+	home := b.TempDir()
+	client, _ := trustedClient(b, home, "bench")
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()

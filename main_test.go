@@ -84,13 +84,14 @@ func startAgent(t testing.TB, opts ...func(*config)) *testAgent {
 // (nil: to a.logs).
 func startAgentLogging(t testing.TB, logw io.Writer, opts ...func(*config)) *testAgent {
 	t.Helper()
-	a := &testAgent{t: t, home: t.TempDir(), clientHome: t.TempDir(), logw: logw}
-	var err error
-	a.client, err = newIdentity(filepath.Join(a.clientHome, "tentacle.key"), filepath.Join(a.clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTrust(t, a.home, a.client.thumbprint+" test-client\n")
+	return startAgentAt(t, t.TempDir(), logw, opts...)
+}
+
+// startAgentAt is startAgentLogging on a given home (a tmpfs, say).
+func startAgentAt(t testing.TB, home string, logw io.Writer, opts ...func(*config)) *testAgent {
+	t.Helper()
+	a := &testAgent{t: t, home: home, logw: logw}
+	a.client, a.clientHome = trustedClient(t, home, "test-client")
 	a.cfg = testConfig(t, a.home)
 	for _, o := range opts {
 		o(a.cfg)
@@ -98,6 +99,26 @@ func startAgentLogging(t testing.TB, logw io.Writer, opts ...func(*config)) *tes
 	a.start()
 	t.Cleanup(a.stop)
 	return a
+}
+
+// trustedClient makes a client identity in a fresh client home and writes
+// it, as name, into the trust list of home (replacing what was there).
+func trustedClient(t testing.TB, home, name string) (client *identity, clientHome string) {
+	t.Helper()
+	clientHome = t.TempDir()
+	client = newIdentityIn(t, clientHome)
+	writeTrust(t, home, client.thumbprint+" "+name+"\n")
+	return client, clientHome
+}
+
+// newIdentityIn makes an identity in dir, named as in a home.
+func newIdentityIn(t testing.TB, dir string) *identity {
+	t.Helper()
+	id, err := newIdentity(filepath.Join(dir, "tentacle.key"), filepath.Join(dir, "tentacle.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // writeTrust replaces the trust file of home.
