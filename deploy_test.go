@@ -110,9 +110,7 @@ func readTrace(t testing.TB, home, app string) []string {
 }
 
 func TestDeployScriptsSuccess(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	// A value that would break out if it were pasted into script text.
 	greeting := `it's "quoted" $HOME; exit 9`
 	st, logs := deploy(t, c, "shop", "1.0", scriptPkg(t, "1.0"), map[string]any{"variables": map[string]string{"GREETING": greeting}})
@@ -243,9 +241,7 @@ func TestDeployFailureKeepsCurrent(t *testing.T) {
 }
 
 func TestDeployExecBit(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	_, c := startShAgent(t)
 	pkg := gz(t, makeTar(t, []tEntry{
 		{name: "bin/tool", body: "#!/bin/sh\necho tool ran\n", mode: 0o755},
 		file("Deploy.sh", "./bin/tool"),
@@ -263,9 +259,7 @@ func TestDeployExecBit(t *testing.T) {
 }
 
 func TestDeployRetention(t *testing.T) {
-	needSh(t)
-	a := startAgent(t, func(c *config) { c.PackageGrace = 0 })
-	c := a.dial(t)
+	a, c := startShAgent(t, func(c *config) { c.PackageGrace = 0 })
 	var shas []string
 	for _, v := range []string{"1", "2", "3", "4"} {
 		pkg := scriptPkg(t, v)
@@ -306,9 +300,7 @@ func TestDeployRetention(t *testing.T) {
 }
 
 func TestDeployRollback(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	deploy(t, c, "api", "1", scriptPkg(t, "1"), nil)
 	deploy(t, c, "api", "2", scriptPkg(t, "2"), nil)
 	deploy(t, c, "api", "3", scriptPkg(t, "3", "Deploy.sh"), nil) // failed
@@ -406,9 +398,7 @@ func TestDeployBadParams(t *testing.T) {
 // TestDeployQueueAndParallel: a second deploy of one app waits for the
 // first; a deploy of another app runs meanwhile.
 func TestDeployQueueAndParallel(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	gate := filepath.Join(t.TempDir(), "go")
 	blocking := gz(t, makeTar(t, []tEntry{file("Deploy.sh",
 		`echo "start $TENTACLE_APP $TENTACLE_VERSION" >> "$GATE.log"; while [ ! -e "$GATE" ]; do sleep 0.02; done; echo "end $TENTACLE_APP $TENTACLE_VERSION" >> "$GATE.log"`)}))
@@ -710,9 +700,7 @@ func releaseNames(l listing) []string {
 // while debugging a script never push the successful releases out; they
 // stay only while among the newest retain of any outcome.
 func TestDeployRetentionKeepsSuccesses(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	for _, v := range []string{"1", "2"} {
 		deploy(t, c, "api", v, scriptPkg(t, v), map[string]any{"retain": 3})
 	}
@@ -825,9 +813,7 @@ func TestDeployPrunesPackagesOfRemovedReleases(t *testing.T) {
 // TestDeployCancelledQueuedReleasesPackage: a deploy cancelled while
 // queued lets go of its package at once, so it is pruned like any other.
 func TestDeployCancelledQueuedReleasesPackage(t *testing.T) {
-	needSh(t)
-	a := startAgent(t, func(c *config) { c.PackageGrace = 0 })
-	c := a.dial(t)
+	_, c := startShAgent(t, func(c *config) { c.PackageGrace = 0 })
 	gate := filepath.Join(t.TempDir(), "go")
 	blocking := gz(t, makeTar(t, []tEntry{file("Deploy.sh", `touch "$GATE.started"; while [ ! -e "$GATE" ]; do sleep 0.02; done`)}))
 	first := startDeploy(t, c, map[string]any{"app": "one", "version": "1", "package": push(t, c, blocking), "variables": map[string]string{"GATE": gate}})
@@ -852,9 +838,7 @@ func TestDeployCancelledQueuedReleasesPackage(t *testing.T) {
 // TestDeployUnreadableRecordPrunesNothing: while another app's release
 // record cannot be read, no package is pruned (it might be in use).
 func TestDeployUnreadableRecordPrunesNothing(t *testing.T) {
-	needSh(t)
-	a := startAgent(t, func(c *config) { c.PackageGrace = 0 })
-	c := a.dial(t)
+	a, c := startShAgent(t, func(c *config) { c.PackageGrace = 0 })
 	pkgB := scriptPkg(t, "b")
 	deploy(t, c, "b", "1", pkgB, nil)
 	writeFile(t, filepath.Join(a.home, "apps", "b", ".releases.json"), []byte("{damaged"))
@@ -1031,9 +1015,7 @@ func TestDeployFullDisk(t *testing.T) {
 // ended (as an agent that could not record an outcome left it) neither
 // blocks retention nor keeps its folder.
 func TestDeployStaleRunningRecord(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	deploy(t, c, "web", "1", scriptPkg(t, "1"), nil)
 	dir := filepath.Join(a.home, "apps", "web")
 	meta, err := loadMeta(dir)
@@ -1064,9 +1046,7 @@ func TestDeployStaleRunningRecord(t *testing.T) {
 // dropped, and a current left dangling (as the agent before issue 13 could
 // leave it) is pointed at the newest whole successful release.
 func TestDeployRecoversOldState(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	for _, v := range []string{"1", "2", "3"} {
 		deploy(t, c, "web", v, scriptPkg(t, v), nil)
 	}

@@ -126,9 +126,7 @@ func statusOf(t testing.TB, c *clientConn, ticket string) *statusReply {
 }
 
 func TestScriptOutput(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	long := strings.Repeat("x", 200000)
 	wide := strings.Repeat("é", 70000) // 140 000 bytes of 2-byte runes
 	// Lines this long cannot be arguments (Linux caps one at 128 KiB).
@@ -234,9 +232,7 @@ func TestScriptOutput(t *testing.T) {
 }
 
 func TestScriptExitCodes(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	_, c := startShAgent(t)
 	tests := []struct {
 		name, script, outcome, code string
 	}{
@@ -271,9 +267,7 @@ func TestScriptExitCodes(t *testing.T) {
 // TestJobErrors: every bad request gets a clear error, no job is left
 // behind, and the agent keeps serving.
 func TestJobErrors(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	_, c := startShAgent(t)
 	running := startJob(t, c, map[string]any{"script": "sleep 1000"})
 	t.Cleanup(func() { c.call("job.cancel", map[string]any{"ticket": running}, nil) })
 	noShell := "pwsh"
@@ -392,9 +386,7 @@ func TestTimeoutKillsProcessGroup(t *testing.T) {
 // TestBackgroundProcessHoldingOutput: a script that leaves a background
 // process holding its output still ends, drainDelay after it exits.
 func TestBackgroundProcessHoldingOutput(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	_, c := startShAgent(t)
 	start := time.Now()
 	st, logs := runScript(t, c, map[string]any{"script": `sleep 1000 & echo "pid $!"`})
 	pids := pidsIn(t, texts(logs, "stdout"))
@@ -414,9 +406,7 @@ func TestBackgroundProcessHoldingOutput(t *testing.T) {
 }
 
 func TestCancel(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	_, c := startShAgent(t)
 	marker := filepath.Join(t.TempDir(), "ran")
 
 	// A full job holds mutex "m"; a second one queues behind it.
@@ -575,9 +565,7 @@ echo "end $(date +%s%N)"`
 }
 
 func TestLongPoll(t *testing.T) {
-	needSh(t)
-	a := startAgent(t, func(c *config) { c.Limits.MaxWait = 3 * time.Second })
-	c := a.dial(t)
+	a, c := startShAgent(t, func(c *config) { c.Limits.MaxWait = 3 * time.Second })
 	gate := filepath.Join(t.TempDir(), "go")
 	ticket := startJob(t, c, map[string]any{"script": `while [ ! -e "$1" ]; do sleep 0.01; done; echo hi; while [ -e "$1" ]; do sleep 0.01; done`, "args": []string{gate}})
 
@@ -647,9 +635,7 @@ func TestLongPoll(t *testing.T) {
 // TestBoundedAnswers: one answer holds a bounded number of entries and
 // bytes; next continues without a gap.
 func TestBoundedAnswers(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	_, c := startShAgent(t)
 	ticket := startJob(t, c, map[string]any{"script": `i=0; while [ $i -lt 10000 ]; do echo $i; i=$((i+1)); done; head -c 300000 /dev/zero | tr '\0' y; echo`})
 	followJob(t, c, ticket) // the log is whole and gapless
 	var st statusReply
@@ -675,9 +661,7 @@ func TestBoundedAnswers(t *testing.T) {
 }
 
 func TestReconnectReadsTheRest(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	gate := filepath.Join(t.TempDir(), "go")
 	ticket := startJob(t, c, map[string]any{"script": `echo one; echo two; while [ ! -e "$1" ]; do sleep 0.01; done; echo three`, "args": []string{gate}})
 	var st statusReply
@@ -699,9 +683,7 @@ func TestReconnectReadsTheRest(t *testing.T) {
 }
 
 func TestJobComplete(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	ticket := startJob(t, c, map[string]any{"script": "echo a; echo b; echo c"})
 	followJob(t, c, ticket)
 	dir := filepath.Join(a.cfg.workDir(), ticket)
@@ -726,9 +708,7 @@ func TestJobComplete(t *testing.T) {
 }
 
 func TestRetentionReaps(t *testing.T) {
-	needSh(t)
-	a := startAgent(t, func(c *config) { c.JobRetention = 300 * time.Millisecond })
-	c := a.dial(t)
+	a, c := startShAgent(t, func(c *config) { c.JobRetention = 300 * time.Millisecond })
 	done := startJob(t, c, map[string]any{"script": "echo abandoned"})
 	followJob(t, c, done)
 	running := startJob(t, c, map[string]any{"script": "sleep 1000"})
@@ -749,9 +729,7 @@ func TestRetentionReaps(t *testing.T) {
 }
 
 func TestRestartKeepsFinishedJobs(t *testing.T) {
-	needSh(t)
-	a := startAgent(t, func(c *config) { c.ShutdownGrace = 300 * time.Millisecond })
-	c := a.dial(t)
+	a, c := startShAgent(t, func(c *config) { c.ShutdownGrace = 300 * time.Millisecond })
 	finished := startJob(t, c, map[string]any{"script": "echo kept; exit 4"})
 	_, before := followJob(t, c, finished)
 	running := startJob(t, c, map[string]any{"script": `sleep 1000 & echo "pid $!"; wait`})
@@ -886,9 +864,7 @@ func TestCrashMarksRunningJobsLost(t *testing.T) {
 // TestOutputMemoryBounded: 200 MB of output (one 100 MB line and 100 MB of
 // short lines) leaves the agent's heap flat.
 func TestOutputMemoryBounded(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	_, c := startShAgent(t)
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -1036,9 +1012,7 @@ func TestExecCLI(t *testing.T) {
 }
 
 func TestJobsAndJobCLI(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	done := startJob(t, c, map[string]any{"script": "echo hello; echo warn >&2; exit 3"})
 	followJob(t, c, done)
 	gate := filepath.Join(t.TempDir(), "go")
@@ -1361,9 +1335,7 @@ func TestShellWithoutPath(t *testing.T) {
 // TestMutexWaitSaidOnlyWhenContended: "mutex acquired after waiting" is for
 // a job that waited for another job's hold, not for a slow start.
 func TestMutexWaitSaidOnlyWhenContended(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	// A start held up by the journal (a compaction, a slow disk) waits for
 	// no mutex.
 	jr := a.srv.jobs.journal
@@ -1447,9 +1419,7 @@ func listTickets(t *testing.T, c *clientConn) []string {
 }
 
 func TestClientChosenTicket(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	outer := t // subtests' connections outlive them
 	ran := filepath.Join(t.TempDir(), "ran")
 	ticket := "build-4711-step-3-attempt"
@@ -2044,9 +2014,7 @@ func writeBigLog(t *testing.T, path string, n int) {
 // grow with the job output kept on disk (a kept 2 GiB log once held the port
 // shut for 21.9 s). Prints the start times with and without a 256 MiB log.
 func TestStartupDoesNotReadJobLogs(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	big := startJob(t, c, map[string]any{"script": "echo soon to be big"})
 	followJob(t, c, big)
 	c.Close()

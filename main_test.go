@@ -80,6 +80,15 @@ func startAgent(t testing.TB, opts ...func(*config)) *testAgent {
 	return startAgentLogging(t, nil, opts...)
 }
 
+// startShAgent is startAgent and a connection to it, for a test that runs
+// shell scripts: skipped where there is no sh.
+func startShAgent(t testing.TB, opts ...func(*config)) (*testAgent, *clientConn) {
+	t.Helper()
+	needSh(t)
+	a := startAgent(t, opts...)
+	return a, a.dial(t)
+}
+
 // startAgentLogging is startAgent with the agent's log going to logw
 // (nil: to a.logs).
 func startAgentLogging(t testing.TB, logw io.Writer, opts ...func(*config)) *testAgent {
@@ -364,9 +373,7 @@ func TestDocMapNamesEveryFile(t *testing.T) {
 // TestJSONListings: jobs and releases print one JSON object a line with
 // -json, the fields of job.list and deploy.list, for scripts.
 func TestJSONListings(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	ticket := startJob(t, c, map[string]any{"script": "echo hi"})
 	followJob(t, c, ticket)
 	pkgFile := filepath.Join(t.TempDir(), "shop.tar.gz")
@@ -406,9 +413,7 @@ func TestJSONListings(t *testing.T) {
 // TestJobCancelAndCompleteCLI: a job can be cancelled and completed from
 // the command line, without hand-written job.cancel JSON.
 func TestJobCancelAndCompleteCLI(t *testing.T) {
-	needSh(t)
-	a := startAgent(t)
-	c := a.dial(t)
+	a, c := startShAgent(t)
 	running := startJob(t, c, map[string]any{"script": "echo started; sleep 1000"})
 	if _, errOut, code := a.cli("job", "-complete", a.addr, running); code != 1 || !strings.Contains(errOut, "conflict") {
 		t.Fatalf("complete of a running job: code %d, %q", code, errOut)
