@@ -58,10 +58,7 @@ func push(t testing.TB, c *clientConn, pkg []byte) string {
 // startDeploy starts a deploy and returns its ticket.
 func startDeploy(t testing.TB, c *clientConn, params map[string]any) string {
 	t.Helper()
-	var r struct {
-		Ticket string `json:"ticket"`
-		State  string `json:"state"`
-	}
+	var r startReply
 	if err := c.call("deploy.start", params, &r); err != nil {
 		t.Fatalf("deploy.start: %v", err)
 	}

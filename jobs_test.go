@@ -41,10 +41,7 @@ func needSh(t testing.TB) {
 // startJob starts a script job and returns its ticket.
 func startJob(t testing.TB, c *clientConn, params map[string]any) string {
 	t.Helper()
-	var r struct {
-		Ticket string `json:"ticket"`
-		State  string `json:"state"`
-	}
+	var r startReply
 	if err := c.call("script.start", params, &r); err != nil {
 		t.Fatalf("script.start %v: %v", params, err)
 	}

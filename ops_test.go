@@ -768,13 +768,15 @@ func TestServiceUnit(t *testing.T) {
 
 func TestServiceCommand(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "home")
-	tests := []struct {
+	// serviceCase is one call of "tentacle service" and what it must print.
+	type serviceCase struct {
 		name     string
 		args     []string
 		code     int
 		inStdout string
 		inStderr string
-	}{
+	}
+	tests := []serviceCase{
 		{"no subcommand", nil, 2, "", "tentacle service install [-home DIR]"},
 		{"unknown subcommand", []string{"instal"}, 2, "", `unknown subcommand "instal" (did you mean "install"?): want install, uninstall`},
 		{"bad user", []string{"install", "-dry-run", "-user", "Bad User"}, 2, "", "not a valid user name"},
@@ -782,22 +784,10 @@ func TestServiceCommand(t *testing.T) {
 		{"uninstall takes no -home", []string{"uninstall", "-home", home}, 2, "", "flag provided but not defined"},
 	}
 	if runtime.GOOS == "linux" {
-		tests = append(tests, struct {
-			name     string
-			args     []string
-			code     int
-			inStdout string
-			inStderr string
-		}{"dry run prints the unit", []string{"install", "-dry-run", "-home", home, "-user", "svc-user"}, 0,
+		tests = append(tests, serviceCase{"dry run prints the unit", []string{"install", "-dry-run", "-home", home, "-user", "svc-user"}, 0,
 			"ExecStart=/usr/local/bin/tentacle run -home " + home, "would create system user \"svc-user\""})
 	} else {
-		tests = append(tests, struct {
-			name     string
-			args     []string
-			code     int
-			inStdout string
-			inStderr string
-		}{"not on this system", []string{"install", "-dry-run"}, 1, "", "only supported on Linux"})
+		tests = append(tests, serviceCase{"not on this system", []string{"install", "-dry-run"}, 1, "", "only supported on Linux"})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1152,39 +1152,13 @@ func BenchmarkUpload(b *testing.B) {
 	dir := benchDir(b)
 	sha := genSHA(benchSize)
 	for b.Loop() {
-		cpu0 := cpuSeconds()
-		base := bareTLS(b, func(w io.Writer) error {
+		benchBesideTLS(b, a, dir, "upload", "up.bin", func(w io.Writer) error {
 			return copyBig(w, &genReader{n: benchSize}, benchSize)
-		}, func(r io.Reader) error {
-			f, err := os.Create(filepath.Join(dir, "bare.bin"))
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			return copyBig(f, r, benchSize)
+		}, func(c *clientConn) error {
+			var res fileResult
+			return c.callStream("file.upload", map[string]any{"path": filepath.Join(dir, "up.bin"), "size": benchSize, "sha256": sha},
+				&genReader{n: benchSize}, benchSize, nil, &res)
 		})
-		cpuBase := cpuSeconds() - cpu0
-		os.Remove(filepath.Join(dir, "bare.bin"))
-		syncDisk()
-		c := a.dial(b, nil)
-		cpu0 = cpuSeconds()
-		start := time.Now()
-		var res fileResult
-		err := c.callStream("file.upload", map[string]any{"path": filepath.Join(dir, "up.bin"), "size": benchSize, "sha256": sha},
-			&genReader{n: benchSize}, benchSize, nil, &res)
-		d := time.Since(start)
-		cpu := cpuSeconds() - cpu0
-		c.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
-		os.Remove(filepath.Join(dir, "up.bin"))
-		syncDisk()
-		b.Logf("upload 1 GiB: %.0f MiB/s (hashed, written, fsynced, renamed; %.2f CPU-s); bare TLS + write: %.0f MiB/s (%.2f CPU-s); ratio %.2f",
-			mibps(benchSize, d), cpu, mibps(benchSize, base), cpuBase, base.Seconds()/d.Seconds())
-		b.ReportMetric(mibps(benchSize, d), "MiB/s")
-		b.ReportMetric(mibps(benchSize, base), "bare-MiB/s")
-		b.ReportMetric(base.Seconds()/d.Seconds(), "ratio")
 	}
 }
 
@@ -1202,43 +1176,56 @@ func BenchmarkDownload(b *testing.B) {
 	}
 	c.Close()
 	for b.Loop() {
-		cpu0 := cpuSeconds()
-		base := bareTLS(b, func(w io.Writer) error {
+		benchBesideTLS(b, a, dir, "download", "down.bin", func(w io.Writer) error {
 			f, err := os.Open(src)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
 			return copyBig(w, f, benchSize)
-		}, func(r io.Reader) error {
-			f, err := os.Create(filepath.Join(dir, "bare.bin"))
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			return copyBig(f, r, benchSize)
+		}, func(c *clientConn) error {
+			_, _, err := downloadFile(c, src, filepath.Join(dir, "down.bin"), nil)
+			return err
 		})
-		cpuBase := cpuSeconds() - cpu0
-		os.Remove(filepath.Join(dir, "bare.bin"))
-		syncDisk()
-		c := a.dial(b, nil)
-		cpu0 = cpuSeconds()
-		start := time.Now()
-		_, _, err := downloadFile(c, src, filepath.Join(dir, "down.bin"), nil)
-		d := time.Since(start)
-		cpu := cpuSeconds() - cpu0
-		c.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
-		os.Remove(filepath.Join(dir, "down.bin"))
-		syncDisk()
-		b.Logf("download 1 GiB: %.0f MiB/s (hashed, written, fsynced, renamed; %.2f CPU-s); bare TLS + write: %.0f MiB/s (%.2f CPU-s); ratio %.2f",
-			mibps(benchSize, d), cpu, mibps(benchSize, base), cpuBase, base.Seconds()/d.Seconds())
-		b.ReportMetric(mibps(benchSize, d), "MiB/s")
-		b.ReportMetric(mibps(benchSize, base), "bare-MiB/s")
-		b.ReportMetric(base.Seconds()/d.Seconds(), "ratio")
 	}
+}
+
+// benchBesideTLS is one round of a 1 GiB transfer benchmark: send's bytes
+// over bare crypto/tls into a file in dir, then transfer on a new
+// connection to a, which writes dir's file name; each file is removed and
+// the disk synced after its part. It logs and reports both rates, their
+// CPU time and the ratio.
+func benchBesideTLS(b *testing.B, a *tbAgent, dir, what, name string, send func(w io.Writer) error, transfer func(c *clientConn) error) {
+	b.Helper()
+	cpu0 := cpuSeconds()
+	base := bareTLS(b, send, func(r io.Reader) error {
+		f, err := os.Create(filepath.Join(dir, "bare.bin"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return copyBig(f, r, benchSize)
+	})
+	cpuBase := cpuSeconds() - cpu0
+	os.Remove(filepath.Join(dir, "bare.bin"))
+	syncDisk()
+	c := a.dial(b, nil)
+	cpu0 = cpuSeconds()
+	start := time.Now()
+	err := transfer(c)
+	d := time.Since(start)
+	cpu := cpuSeconds() - cpu0
+	c.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, name))
+	syncDisk()
+	b.Logf("%s 1 GiB: %.0f MiB/s (hashed, written, fsynced, renamed; %.2f CPU-s); bare TLS + write: %.0f MiB/s (%.2f CPU-s); ratio %.2f",
+		what, mibps(benchSize, d), cpu, mibps(benchSize, base), cpuBase, base.Seconds()/d.Seconds())
+	b.ReportMetric(mibps(benchSize, d), "MiB/s")
+	b.ReportMetric(mibps(benchSize, base), "bare-MiB/s")
+	b.ReportMetric(base.Seconds()/d.Seconds(), "ratio")
 }
 
 // BenchmarkPushPresent: push of a package the agent has: one package.stat
