@@ -412,43 +412,31 @@ func startLoseFirstAnswer(t *testing.T, target string, lose func() bool) *loseFi
 		t.Fatal(err)
 	}
 	r := &loseFirstAnswer{ln: ln, lose: lose}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			r.conns.Add(1)
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() {
-				defer in.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := out.Read(buf)
-					if n > 0 && !r.cut.Load() && r.lose() {
-						r.cut.Store(true)
-						in.Close()
-						out.Close()
-						return
-					}
-					if n > 0 {
-						if _, werr := in.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
+	relayEach(t, ln, target, func(in, out net.Conn) {
+		r.conns.Add(1)
+		go func() { io.Copy(out, in); out.Close() }()
+		go func() {
+			defer in.Close()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := out.Read(buf)
+				if n > 0 && !r.cut.Load() && r.lose() {
+					r.cut.Store(true)
+					in.Close()
+					out.Close()
+					return
+				}
+				if n > 0 {
+					if _, werr := in.Write(buf[:n]); werr != nil {
 						return
 					}
 				}
-			}()
-		}
-	}()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	})
 	return r
 }
 

@@ -932,25 +932,14 @@ func startRelay(t *testing.T, target string) *relay {
 		t.Fatal(err)
 	}
 	r := &relay{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); r.cut() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			r.mu.Lock()
-			r.conns = append(r.conns, in, out)
-			r.mu.Unlock()
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() { io.Copy(in, out); in.Close() }()
-		}
-	}()
+	t.Cleanup(func() { r.cut() })
+	relayEach(t, ln, target, func(in, out net.Conn) {
+		r.mu.Lock()
+		r.conns = append(r.conns, in, out)
+		r.mu.Unlock()
+		go func() { io.Copy(out, in); out.Close() }()
+		go func() { io.Copy(in, out); in.Close() }()
+	})
 	return r
 }
 

@@ -622,51 +622,41 @@ func connectProxy(t *testing.T) (addr string, tunnels func() int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
 	n := 0
-	go func() {
+	serveEach(t, ln, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
 		for {
-			c, err := ln.Accept()
+			h, err := br.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				for {
-					h, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if h == "\r\n" {
-						break
-					}
-				}
-				f := strings.Fields(req)
-				if len(f) < 2 || f[0] != "CONNECT" {
-					io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\n\r\n")
-					return
-				}
-				up, err := net.Dial("tcp", f[1])
-				if err != nil {
-					io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
-					return
-				}
-				defer up.Close()
-				mu.Lock()
-				n++
-				mu.Unlock()
-				io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
-				go io.Copy(up, br)
-				io.Copy(c, up)
-			}()
+			if h == "\r\n" {
+				break
+			}
 		}
-	}()
+		f := strings.Fields(req)
+		if len(f) < 2 || f[0] != "CONNECT" {
+			io.WriteString(c, "HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+			return
+		}
+		up, err := net.Dial("tcp", f[1])
+		if err != nil {
+			io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
+			return
+		}
+		defer up.Close()
+		mu.Lock()
+		n++
+		mu.Unlock()
+		io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n")
+		go io.Copy(up, br)
+		io.Copy(c, up)
+	})
 	return ln.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
 }
 
@@ -2178,27 +2168,17 @@ func bareEchoServer(b *testing.B) string {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
+	serveEach(b, ln, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := br.ReadSlice('\n'); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := br.ReadSlice('\n'); err != nil {
-						return
-					}
-					if _, err := io.WriteString(c, `{"jsonrpc":"2.0","id":1,"result":{"pong":true}}`+"\n"); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := io.WriteString(c, `{"jsonrpc":"2.0","id":1,"result":{"pong":true}}`+"\n"); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	return ln.Addr().String()
 }
 

@@ -130,6 +130,45 @@ func newIdentityIn(t testing.TB, dir string) *identity {
 	return id
 }
 
+// serveEach accepts on ln until it is closed at the test's end and serves
+// each connection with serve on a goroutine of its own, closing it after.
+func serveEach(t testing.TB, ln net.Listener, serve func(c net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+}
+
+// relayEach accepts on ln until it is closed at the test's end, dials
+// target for each connection and hands the pair to relay, in the accept
+// loop: relay starts its own goroutines and closes both when done.
+func relayEach(t testing.TB, ln net.Listener, target string, relay func(in, out net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			relay(in, out)
+		}
+	}()
+}
+
 // writeTrust replaces the trust file of home.
 func writeTrust(t testing.TB, home, content string) {
 	t.Helper()
