@@ -188,19 +188,7 @@ func TestRollingDeploy(t *testing.T) {
 }
 
 func TestFanOutInterrupt(t *testing.T) {
-	needSh(t)
-	if runtime.GOOS == "windows" {
-		t.Skip("no SIGINT to send on Windows")
-	}
-	bin := buildTentacle(t)
-	fl := startFleet(t, 3, nil)
-	var stdout, stderr syncBuffer
-	cmd := exec.Command(bin, "exec", "-home", fl.home, "-parallel", "2", "all", "--", `sleep 1000 & echo "pid $!"; wait`)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	fl, cmd, stdout, stderr := startInterruptibleExec(t, 3, "-parallel", "2", "all", "--", `sleep 1000 & echo "pid $!"; wait`)
 	waitFor(t, "two jobs' pids", 10*time.Second, func() bool { return strings.Count(stdout.String(), "pid ") == 2 })
 	var pids []string
 	for _, m := range regexp.MustCompile(`pid (\d+)`).FindAllStringSubmatch(stdout.String(), -1) {

@@ -130,9 +130,9 @@ func newIdentityIn(t testing.TB, dir string) *identity {
 	return id
 }
 
-// serveEach accepts on ln until it is closed at the test's end and serves
-// each connection with serve on a goroutine of its own, closing it after.
-func serveEach(t testing.TB, ln net.Listener, serve func(c net.Conn)) {
+// acceptEach accepts on ln until it is closed at the test's end and hands
+// each connection to handle, in the accept loop.
+func acceptEach(t testing.TB, ln net.Listener, handle func(c net.Conn)) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -140,33 +140,34 @@ func serveEach(t testing.TB, ln net.Listener, serve func(c net.Conn)) {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				serve(c)
-			}()
+			handle(c)
 		}
 	}()
 }
 
-// relayEach accepts on ln until it is closed at the test's end, dials
-// target for each connection and hands the pair to relay, in the accept
-// loop: relay starts its own goroutines and closes both when done.
+// serveEach serves each connection ln accepts with serve, on a goroutine of
+// its own, closing it after.
+func serveEach(t testing.TB, ln net.Listener, serve func(c net.Conn)) {
+	acceptEach(t, ln, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			serve(c)
+		}()
+	})
+}
+
+// relayEach dials target for each connection ln accepts and hands the pair
+// to relay, in the accept loop: relay starts its own goroutines and closes
+// both when done.
 func relayEach(t testing.TB, ln net.Listener, target string, relay func(in, out net.Conn)) {
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			relay(in, out)
+	acceptEach(t, ln, func(in net.Conn) {
+		out, err := net.Dial("tcp", target)
+		if err != nil {
+			in.Close()
+			return
 		}
-	}()
+		relay(in, out)
+	})
 }
 
 // writeTrust replaces the trust file of home.
