@@ -412,43 +412,31 @@ func startLoseFirstAnswer(t *testing.T, target string, lose func() bool) *loseFi
 		t.Fatal(err)
 	}
 	r := &loseFirstAnswer{ln: ln, lose: lose}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			r.conns.Add(1)
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() {
-				defer in.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := out.Read(buf)
-					if n > 0 && !r.cut.Load() && r.lose() {
-						r.cut.Store(true)
-						in.Close()
-						out.Close()
-						return
-					}
-					if n > 0 {
-						if _, werr := in.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
+	relayEach(t, ln, target, func(in, out net.Conn) {
+		r.conns.Add(1)
+		go func() { io.Copy(out, in); out.Close() }()
+		go func() {
+			defer in.Close()
+			buf := make([]byte, 64<<10)
+			for {
+				n, err := out.Read(buf)
+				if n > 0 && !r.cut.Load() && r.lose() {
+					r.cut.Store(true)
+					in.Close()
+					out.Close()
+					return
+				}
+				if n > 0 {
+					if _, werr := in.Write(buf[:n]); werr != nil {
 						return
 					}
 				}
-			}()
-		}
-	}()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	})
 	return r
 }
 
@@ -610,22 +598,31 @@ func TestFanOutReconnects(t *testing.T) {
 	}
 }
 
-func TestFanOutSecondInterrupt(t *testing.T) {
+// startInterruptibleExec starts "tentacle exec -home HOME ARGS..." as a
+// process of its own against a fleet of n agents, for a test that sends it
+// Ctrl-C (so not on Windows); it is killed at the test's end.
+func startInterruptibleExec(t *testing.T, n int, args ...string) (fl *testFleet, cmd *exec.Cmd, stdout, stderr *syncBuffer) {
+	t.Helper()
 	needSh(t)
 	if runtime.GOOS == "windows" {
 		t.Skip("no SIGINT to send on Windows")
 	}
 	bin := buildTentacle(t)
-	fl := startFleet(t, 1, nil)
-	var stdout, stderr syncBuffer
-	// The job ignores SIGTERM, so the cancel takes until the agent's kill
-	// grace is over: long enough for a second Ctrl-C.
-	cmd := exec.Command(bin, "exec", "-home", fl.home, "a1,", "--", `trap '' TERM; echo started; while :; do sleep 0.05; done`)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	fl = startFleet(t, n, nil)
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	cmd = exec.Command(bin, append([]string{"exec", "-home", fl.home}, args...)...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return fl, cmd, stdout, stderr
+}
+
+func TestFanOutSecondInterrupt(t *testing.T) {
+	// The job ignores SIGTERM, so the cancel takes until the agent's kill
+	// grace is over: long enough for a second Ctrl-C.
+	fl, cmd, stdout, stderr := startInterruptibleExec(t, 1, "a1,", "--", `trap '' TERM; echo started; while :; do sleep 0.05; done`)
 	waitFor(t, "the job to start", 10*time.Second, func() bool { return strings.Contains(stdout.String(), "started") })
 	cmd.Process.Signal(os.Interrupt)
 	waitFor(t, "the cancel", 5*time.Second, func() bool { return strings.Contains(stderr.String(), "cancelling the jobs running on 1 agent") })

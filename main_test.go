@@ -1,11 +1,13 @@
 package main
 
 // main_test.go: the test harness (a real agent over real TLS on 127.0.0.1:0
-// with identities made in the test) and the CLI's tests.
+// with identities made in the test) and the CLI's tests; last, in a section
+// of its own, the client commands' -json listings and job control.
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"io"
 	"net"
@@ -78,17 +80,27 @@ func startAgent(t testing.TB, opts ...func(*config)) *testAgent {
 	return startAgentLogging(t, nil, opts...)
 }
 
+// startShAgent is startAgent and a connection to it, for a test that runs
+// shell scripts: skipped where there is no sh.
+func startShAgent(t testing.TB, opts ...func(*config)) (*testAgent, *clientConn) {
+	t.Helper()
+	needSh(t)
+	a := startAgent(t, opts...)
+	return a, a.dial(t)
+}
+
 // startAgentLogging is startAgent with the agent's log going to logw
 // (nil: to a.logs).
 func startAgentLogging(t testing.TB, logw io.Writer, opts ...func(*config)) *testAgent {
 	t.Helper()
-	a := &testAgent{t: t, home: t.TempDir(), clientHome: t.TempDir(), logw: logw}
-	var err error
-	a.client, err = newIdentity(filepath.Join(a.clientHome, "tentacle.key"), filepath.Join(a.clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeTrust(t, a.home, a.client.thumbprint+" test-client\n")
+	return startAgentAt(t, t.TempDir(), logw, opts...)
+}
+
+// startAgentAt is startAgentLogging on a given home (a tmpfs, say).
+func startAgentAt(t testing.TB, home string, logw io.Writer, opts ...func(*config)) *testAgent {
+	t.Helper()
+	a := &testAgent{t: t, home: home, logw: logw}
+	a.client, a.clientHome = trustedClient(t, home, "test-client")
 	a.cfg = testConfig(t, a.home)
 	for _, o := range opts {
 		o(a.cfg)
@@ -96,6 +108,66 @@ func startAgentLogging(t testing.TB, logw io.Writer, opts ...func(*config)) *tes
 	a.start()
 	t.Cleanup(a.stop)
 	return a
+}
+
+// trustedClient makes a client identity in a fresh client home and writes
+// it, as name, into the trust list of home (replacing what was there).
+func trustedClient(t testing.TB, home, name string) (client *identity, clientHome string) {
+	t.Helper()
+	clientHome = t.TempDir()
+	client = newIdentityIn(t, clientHome)
+	writeTrust(t, home, client.thumbprint+" "+name+"\n")
+	return client, clientHome
+}
+
+// newIdentityIn makes an identity in dir, named as in a home.
+func newIdentityIn(t testing.TB, dir string) *identity {
+	t.Helper()
+	id, err := newIdentity(filepath.Join(dir, "tentacle.key"), filepath.Join(dir, "tentacle.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// acceptEach accepts on ln until it is closed at the test's end and hands
+// each connection to handle, in the accept loop.
+func acceptEach(t testing.TB, ln net.Listener, handle func(c net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			handle(c)
+		}
+	}()
+}
+
+// serveEach serves each connection ln accepts with serve, on a goroutine of
+// its own, closing it after.
+func serveEach(t testing.TB, ln net.Listener, serve func(c net.Conn)) {
+	acceptEach(t, ln, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			serve(c)
+		}()
+	})
+}
+
+// relayEach dials target for each connection ln accepts and hands the pair
+// to relay, in the accept loop: relay starts its own goroutines and closes
+// both when done.
+func relayEach(t testing.TB, ln net.Listener, target string, relay func(in, out net.Conn)) {
+	acceptEach(t, ln, func(in net.Conn) {
+		out, err := net.Dial("tcp", target)
+		if err != nil {
+			in.Close()
+			return
+		}
+		relay(in, out)
+	})
 }
 
 // writeTrust replaces the trust file of home.
@@ -332,5 +404,75 @@ func TestDocMapNamesEveryFile(t *testing.T) {
 	}
 	for f := range named {
 		t.Errorf("doc.go names %s, which does not exist", f)
+	}
+}
+
+// The client commands' own behaviour: -json listings and job control from
+// the command line.
+
+// TestJSONListings: jobs and releases print one JSON object a line with
+// -json, the fields of job.list and deploy.list, for scripts.
+func TestJSONListings(t *testing.T) {
+	a, c := startShAgent(t)
+	ticket := startJob(t, c, map[string]any{"script": "echo hi"})
+	followJob(t, c, ticket)
+	pkgFile := filepath.Join(t.TempDir(), "shop.tar.gz")
+	os.WriteFile(pkgFile, scriptPkg(t, "1"), 0o644)
+	if _, errOut, code := a.cli("deploy", a.addr, "shop", "1.0", pkgFile); code != 0 {
+		t.Fatalf("deploy: %s", errOut)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want map[string]string // fields of the first line
+	}{
+		{"jobs", []string{"jobs", "-json", a.addr}, map[string]string{"ticket": ticket, "kind": "script", "state": "done", "outcome": "success"}},
+		{"releases of an app", []string{"releases", "-json", a.addr, "shop"}, map[string]string{"release": "1.0", "version": "1.0", "outcome": "success"}},
+		{"apps", []string{"releases", "-json", a.addr}, map[string]string{"app": "shop", "current": "1.0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := a.cli(tt.args[0], tt.args[1:]...)
+			if code != 0 {
+				t.Fatalf("code %d: %s", code, errOut)
+			}
+			first, _, _ := strings.Cut(out, "\n")
+			var got map[string]any
+			if err := json.Unmarshal([]byte(first), &got); err != nil {
+				t.Fatalf("not a JSON line: %q (%v)", out, err)
+			}
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Fatalf("%s = %v, want %q (line %s)", k, got[k], v, first)
+				}
+			}
+		})
+	}
+}
+
+// TestJobCancelAndCompleteCLI: a job can be cancelled and completed from
+// the command line, without hand-written job.cancel JSON.
+func TestJobCancelAndCompleteCLI(t *testing.T) {
+	a, c := startShAgent(t)
+	running := startJob(t, c, map[string]any{"script": "echo started; sleep 1000"})
+	if _, errOut, code := a.cli("job", "-complete", a.addr, running); code != 1 || !strings.Contains(errOut, "conflict") {
+		t.Fatalf("complete of a running job: code %d, %q", code, errOut)
+	}
+	if _, errOut, code := a.cli("job", "-cancel", a.addr, running); code != 0 || !strings.Contains(errOut, "cancelled job "+running) {
+		t.Fatalf("cancel: code %d, %q", code, errOut)
+	}
+	st, _ := followJob(t, c, running)
+	if outcomeOf(st) != outcomeCancelled {
+		t.Fatalf("after job -cancel: outcome %s", outcomeOf(st))
+	}
+	out, errOut, code := a.cli("job", "-complete", a.addr, running)
+	if code != 0 || !strings.Contains(out, "outcome:   cancelled") || !strings.Contains(out, "started") {
+		t.Fatalf("complete: code %d\n%s\n%s", code, out, errOut)
+	}
+	if _, errOut, code := a.cli("job", a.addr, running); code != 1 || !strings.Contains(errOut, "not_found") {
+		t.Fatalf("the completed job is still there: code %d, %q", code, errOut)
+	}
+	if _, errOut, code := a.cli("job", "-cancel", "-follow", a.addr, running); code != 2 || !strings.Contains(errOut, "one at a time") {
+		t.Fatalf("two modes: code %d, %q", code, errOut)
 	}
 }

@@ -469,15 +469,23 @@ func buildOpsBinary(t *testing.T) string {
 	}
 	cmd := exec.Command(goBin, "build", "-trimpath", "-o", bin, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := runChild(cmd); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// runChild is cmd.CombinedOutput through startChild and waitChild, so that
+// the orphan reaper of an agent in this process leaves cmd's exit status to
+// the test.
+func runChild(cmd *exec.Cmd) (string, error) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := startChild(cmd); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	if err := waitChild(cmd); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out.String())
-	}
-	return bin
+	err := waitChild(cmd)
+	return out.String(), err
 }
 
 // envAgent is the built binary running as an agent in a child process.
@@ -564,11 +572,7 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 		t.Skip("stops the agent with SIGTERM, which Windows does not have")
 	}
 	bin := buildOpsBinary(t)
-	clientHome := t.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := newTestIdentity(t)
 	ping := func(p *envAgent, id *identity) error {
 		cc, err := dialAgent(p.addr, id, p.thumbprint, "", 5*time.Second, nil)
 		if err != nil {
@@ -580,13 +584,7 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 	health := func(env ...string) (string, error) {
 		cmd := exec.Command(bin, "health")
 		cmd.Env = env
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := startChild(cmd); err != nil {
-			return "", err
-		}
-		err := waitChild(cmd)
-		return out.String(), err
+		return runChild(cmd)
 	}
 
 	t.Run("identity created on first start and reused", func(t *testing.T) {
@@ -667,14 +665,9 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 		cmd := exec.Command(bin, "run")
 		cmd.Env = baseEnv("TENTACLE_HOME="+t.TempDir(), "TENTACLE_LISTEN=127.0.0.1:0",
 			"TENTACLE_CERT_FILE="+filepath.Join(secret, "tls.crt"), "TENTACLE_KEY_FILE="+filepath.Join(secret, "tls.key"))
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := startChild(cmd); err != nil {
-			t.Fatal(err)
-		}
-		err := waitChild(cmd)
-		if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(out.String(), "chmod 600") {
-			t.Fatalf("exit %v, output %q", err, out.String())
+		out, err := runChild(cmd)
+		if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(out, "chmod 600") {
+			t.Fatalf("exit %v, output %q", err, out)
 		}
 	})
 }
@@ -747,13 +740,8 @@ func TestServiceUnit(t *testing.T) {
 
 	if analyze, err := exec.LookPath("systemd-analyze"); err == nil {
 		cmd := exec.Command(analyze, "verify", h.unitPath)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := startChild(cmd); err != nil {
-			t.Fatal(err)
-		}
-		if err := waitChild(cmd); err != nil || strings.Contains(out.String(), h.unitPath) {
-			t.Fatalf("systemd-analyze verify %s: %v\n%s", h.unitPath, err, out.String())
+		if out, err := runChild(cmd); err != nil || strings.Contains(out, h.unitPath) {
+			t.Fatalf("systemd-analyze verify %s: %v\n%s", h.unitPath, err, out)
 		}
 	} else {
 		t.Log("systemd-analyze is not installed: the unit was not verified by systemd")
@@ -780,13 +768,15 @@ func TestServiceUnit(t *testing.T) {
 
 func TestServiceCommand(t *testing.T) {
 	home := filepath.Join(t.TempDir(), "home")
-	tests := []struct {
+	// serviceCase is one call of "tentacle service" and what it must print.
+	type serviceCase struct {
 		name     string
 		args     []string
 		code     int
 		inStdout string
 		inStderr string
-	}{
+	}
+	tests := []serviceCase{
 		{"no subcommand", nil, 2, "", "tentacle service install [-home DIR]"},
 		{"unknown subcommand", []string{"instal"}, 2, "", `unknown subcommand "instal" (did you mean "install"?): want install, uninstall`},
 		{"bad user", []string{"install", "-dry-run", "-user", "Bad User"}, 2, "", "not a valid user name"},
@@ -794,22 +784,10 @@ func TestServiceCommand(t *testing.T) {
 		{"uninstall takes no -home", []string{"uninstall", "-home", home}, 2, "", "flag provided but not defined"},
 	}
 	if runtime.GOOS == "linux" {
-		tests = append(tests, struct {
-			name     string
-			args     []string
-			code     int
-			inStdout string
-			inStderr string
-		}{"dry run prints the unit", []string{"install", "-dry-run", "-home", home, "-user", "svc-user"}, 0,
+		tests = append(tests, serviceCase{"dry run prints the unit", []string{"install", "-dry-run", "-home", home, "-user", "svc-user"}, 0,
 			"ExecStart=/usr/local/bin/tentacle run -home " + home, "would create system user \"svc-user\""})
 	} else {
-		tests = append(tests, struct {
-			name     string
-			args     []string
-			code     int
-			inStdout string
-			inStderr string
-		}{"not on this system", []string{"install", "-dry-run"}, 1, "", "only supported on Linux"})
+		tests = append(tests, serviceCase{"not on this system", []string{"install", "-dry-run"}, 1, "", "only supported on Linux"})
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

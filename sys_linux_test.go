@@ -159,11 +159,7 @@ func TestAgentAsPID1(t *testing.T) {
 	}
 
 	bin := buildOpsBinary(t)
-	clientHome := t.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := newTestIdentity(t)
 	env := baseEnv("TENTACLE_HOME="+t.TempDir(), "TENTACLE_LISTEN=127.0.0.1:0", "TENTACLE_TRUST="+client.thumbprint)
 	// --kill-child: if the test fails and kills unshare, PID 1 goes too, and
 	// with it the namespace.
@@ -192,13 +188,8 @@ func TestAgentAsPID1(t *testing.T) {
 	// them and exits, so they pass to the namespace's PID 1, the agent.
 	leave := exec.Command(nsenter, "-t", strconv.Itoa(agent), "-p", "-m",
 		"sh", "-c", `for i in $(seq 50); do sleep 2 >/dev/null 2>&1 & done`)
-	var leaveOut bytes.Buffer
-	leave.Stdout, leave.Stderr = &leaveOut, &leaveOut
-	if err := startChild(leave); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitChild(leave); err != nil {
-		t.Fatalf("nsenter: %v: %s", err, leaveOut.String())
+	if out, err := runChild(leave); err != nil {
+		t.Fatalf("nsenter: %v: %s", err, out)
 	}
 	if n := len(childPids(agent)); n < 50 {
 		t.Fatalf("the agent has %d children, want the 50 orphans", n)
@@ -421,11 +412,7 @@ func TestAgentWithoutCgroups(t *testing.T) {
 	if err := os.Mkdir(home, 0o700); err != nil || os.Chown(home, nobody, nobody) != nil {
 		t.Fatal("cannot make a home for nobody")
 	}
-	clientHome := t.TempDir()
-	client, err := newIdentity(filepath.Join(clientHome, "tentacle.key"), filepath.Join(clientHome, "tentacle.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := newTestIdentity(t)
 	env := baseEnv("TENTACLE_HOME="+home, "TENTACLE_LISTEN=127.0.0.1:0", "TENTACLE_TRUST="+client.thumbprint)
 	p := startEnvAgent(t, env, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", bin, "run", "-job-max-procs", "32", "-kill-grace", "500ms")
 	t.Cleanup(func() { p.stop(15 * time.Second) })
