@@ -774,12 +774,13 @@ type procAgent struct {
 	logs       *syncBuffer
 	addr       string
 	thumbprint string
+	bin, home  string
 }
 
 // startProcAgent runs "tentacle run" on home and waits until it listens.
 func startProcAgent(t testing.TB, bin, home string) *procAgent {
 	t.Helper()
-	p := &procAgent{logs: &syncBuffer{}}
+	p := &procAgent{logs: &syncBuffer{}, bin: bin, home: home}
 	p.cmd = exec.Command(bin, "run", "-home", home, "-listen", "127.0.0.1:0", "-kill-grace", "500ms")
 	p.cmd.Stderr = p.logs
 	if err := p.cmd.Start(); err != nil {
@@ -809,13 +810,20 @@ func (p *procAgent) dial(t testing.TB, client *identity) *clientConn {
 	return c
 }
 
+// startBinaryAgent runs the built binary as an agent in a new home that
+// trusts a new client identity, named name, and connects as that client.
+// It returns the agent, the client's identity and home, and the connection.
+func startBinaryAgent(tb testing.TB, name string) (p *procAgent, client *identity, clientHome string, c *clientConn) {
+	tb.Helper()
+	needSh(tb)
+	home := tb.TempDir()
+	client, clientHome = trustedClient(tb, home, name)
+	p = startProcAgent(tb, buildTentacle(tb), home)
+	return p, client, clientHome, p.dial(tb, client)
+}
+
 func TestCrashMarksRunningJobsLost(t *testing.T) {
-	needSh(t)
-	bin := buildTentacle(t)
-	home := t.TempDir()
-	client, _ := trustedClient(t, home, "test-client")
-	p := startProcAgent(t, bin, home)
-	c := p.dial(t, client)
+	p, client, _, c := startBinaryAgent(t, "test-client")
 	finished := startJob(t, c, map[string]any{"script": "echo done before the crash"})
 	_, before := followJob(t, c, finished)
 	script := `sleep 1000 & echo "pid $!"; echo "pid $$"; wait`
@@ -835,7 +843,7 @@ func TestCrashMarksRunningJobsLost(t *testing.T) {
 			t.Fatalf("process %d died with the agent: nothing left to clean up", pid)
 		}
 	}
-	p2 := startProcAgent(t, bin, home)
+	p2 := startProcAgent(t, p.bin, p.home)
 	c = p2.dial(t, client)
 	defer c.Close()
 	st, after := followJob(t, c, finished)
@@ -954,6 +962,18 @@ func (r *relay) cut() int {
 	return n
 }
 
+// cutThenOpen cuts the connections through r, which must have one, then
+// creates gate: a script waiting for it goes on, on its new connection.
+func (r *relay) cutThenOpen(t *testing.T, gate string) {
+	t.Helper()
+	if r.cut() == 0 {
+		t.Fatal("no connection through the relay to cut")
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestExecCLI(t *testing.T) {
 	needSh(t)
 	a := startAgent(t)
@@ -1054,10 +1074,7 @@ func TestExecReconnects(t *testing.T) {
 while [ ! -e '` + gate + `' ]; do sleep 0.01; done; echo after`}, &stdout, &stderr)
 	}()
 	waitFor(t, "the first 1000 lines", 10*time.Second, func() bool { return strings.Count(stdout.String(), "\n") == 1000 })
-	if r.cut() == 0 {
-		t.Fatal("no connection to cut")
-	}
-	os.WriteFile(gate, nil, 0o644)
+	r.cutThenOpen(t, gate)
 	select {
 	case code := <-codec:
 		var want strings.Builder
@@ -1189,16 +1206,10 @@ func FuzzLineWriter(f *testing.F) {
 // "sh -c true" run locally, and "true" as script.start, job.status (wait)
 // and job.complete on an open connection.
 func BenchmarkExec(b *testing.B) {
-	needSh(b)
-	bin := buildTentacle(b)
 	// The agent is the real binary in its own process, as deployed, not
 	// this test process (whose scheduler and heap the client would share).
-	home := b.TempDir()
-	client, clientHome := trustedClient(b, home, "bench")
-	p := startProcAgent(b, bin, home)
-	addr, pin := p.addr, p.thumbprint
-	c := p.dial(b, client)
-	defer c.Close()
+	p, _, clientHome, c := startBinaryAgent(b, "bench")
+	bin, addr, pin := p.bin, p.addr, p.thumbprint
 	var execT, shT, openT []time.Duration
 	b.ResetTimer()
 	for range b.N {
@@ -2301,10 +2312,7 @@ func TestJobLeftovers(t *testing.T) {
 		{name: "a timeout kills a detached process that ignores SIGTERM", script: detached(`trap "" TERM; while :; do sleep 1; done`) + ` & sleep 1000`,
 			timeout: 1, outcome: outcomeTimedOut, line: "sending SIGKILL to cgroup"},
 	}
-	modes := []struct {
-		name      string
-		noCgroups bool
-	}{{"cgroup", false}, {"process group", true}}
+	modes := []containMode{{"cgroup", false}, {"process group", true}}
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
 			var h *cgroupHost
@@ -2367,15 +2375,19 @@ func killAll(pids []int) {
 	}
 }
 
+// containMode is a way for a test agent to contain its jobs: in cgroups
+// where this machine has them, or in process groups (noCgroups).
+type containMode struct {
+	name      string
+	noCgroups bool
+}
+
 // TestContainmentReported: the agent says at start how it contains jobs,
 // with a WARN line and the reason where it is not cgroups, and info says
 // the same.
 func TestContainmentReported(t *testing.T) {
 	h, _ := sharedCgroups()
-	tests := []struct {
-		name      string
-		noCgroups bool
-	}{{"as found here", false}, {"without cgroups", true}}
+	tests := []containMode{{"as found here", false}, {"without cgroups", true}}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := startAgent(t, func(c *config) { c.noCgroups = tt.noCgroups; c.JobMaxProcs = 100 })
