@@ -164,7 +164,9 @@ func TestDeployScriptsSuccess(t *testing.T) {
 func TestDeployFailureKeepsCurrent(t *testing.T) {
 	needSh(t)
 	slow := gz(t, makeTar(t, []tEntry{
-		file("Deploy.sh", `echo "$$" > "$TENTACLE_SHARED_DIR/pid"; echo Deploy.sh >> "$TENTACLE_SHARED_DIR/trace"; sleep 30`),
+		// The pid file is the test's sign that Deploy.sh runs: its trace
+		// line is written first, so a cancel then cannot beat it.
+		file("Deploy.sh", `echo Deploy.sh >> "$TENTACLE_SHARED_DIR/trace"; echo "$$" > "$TENTACLE_SHARED_DIR/pid"; sleep 30`),
 		file("DeployFailed.sh", `echo "DeployFailed.sh $TENTACLE_VERSION" >> "$TENTACLE_SHARED_DIR/trace"`),
 	}))
 	tests := []struct {
