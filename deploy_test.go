@@ -518,7 +518,7 @@ func TestDeployAgentKilled(t *testing.T) {
 		many = append(many, file("data/"+strings.Repeat("d", i%7+1)+"/f"+strconv.Itoa(i), strings.Repeat("x", 2000)))
 	}
 	hang := func(script string) []byte {
-		return gz(t, makeTar(t, []tEntry{file(script, `echo "$$" > "$TENTACLE_SHARED_DIR/pid"; exec sleep 60`)}))
+		return gz(t, makeTar(t, []tEntry{file(script, `echo "$$" > "$TENTACLE_SHARED_DIR/pid.tmp" && mv "$TENTACLE_SHARED_DIR/pid.tmp" "$TENTACLE_SHARED_DIR/pid"; exec sleep 60`)}))
 	}
 	tests := []struct {
 		name  string
