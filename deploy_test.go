@@ -187,7 +187,7 @@ func TestDeployFailureKeepsCurrent(t *testing.T) {
 		{"refused entry", gz(t, makeTar(t, []tEntry{file("DeployFailed.sh", "echo no"), file("../escape", "x")})), nil, false, outcomeFailed, "extract", nil},
 		{"too large", gz(t, makeTar(t, []tEntry{file("big", strings.Repeat("x", 2<<20))})), nil, false, outcomeFailed, "extract", nil},
 		{"corrupt", []byte("not a package at all"), nil, false, outcomeFailed, "extract", nil},
-		{"timeout", slow, map[string]any{"timeout_s": 0.5}, false, outcomeTimedOut, "Deploy.sh", []string{"Deploy.sh", "DeployFailed.sh", "2"}},
+		{"timeout", slow, map[string]any{"timeout_s": 1.5}, false, outcomeTimedOut, "Deploy.sh", []string{"Deploy.sh", "DeployFailed.sh", "2"}},
 		{"cancel", slow, nil, true, outcomeCancelled, "Deploy.sh", []string{"Deploy.sh", "DeployFailed.sh", "2"}},
 	}
 	for _, tt := range tests {
