@@ -753,19 +753,40 @@ func TestRestartKeepsFinishedJobs(t *testing.T) {
 	}
 }
 
-// buildTentacle builds the tentacle binary into a temporary folder.
+// buildTentacle builds the agent binary as shipped (CGO_ENABLED=0
+// -trimpath), once a test run, and returns its path.
 func buildTentacle(t testing.TB) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "tentacle")
-	if runtime.GOOS == "windows" {
-		bin += ".exe"
+	built.once.Do(func() {
+		built.dir, built.err = os.MkdirTemp("", "tentacle-test-bin")
+		if built.err != nil {
+			return
+		}
+		os.Chmod(built.dir, 0o755) // tests run it as another user too
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		built.bin = filepath.Join(built.dir, "tentacle")
+		if runtime.GOOS == "windows" {
+			built.bin += ".exe"
+		}
+		cmd := exec.Command(goBin, "build", "-trimpath", "-o", built.bin, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		built.out, built.err = runChild(cmd)
+	})
+	if built.err != nil {
+		t.Fatalf("go build: %v\n%s", built.err, built.out)
 	}
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return built.bin
+}
+
+// built is the agent's binary, built once for all the tests of this run
+// that start it as a process of its own (TestMain removes it).
+var built struct {
+	once          sync.Once
+	dir, bin, out string
+	err           error
 }
 
 // procAgent is an agent running as its own process, so that a test can

@@ -1671,7 +1671,7 @@ func TestPartialLinesKeepMemoryBounded(t *testing.T) {
 	}
 	home := t.TempDir()
 	client, _ := trustedClient(t, home, "flood")
-	p := startProcAgent(t, buildAgent(t), home)
+	p := startProcAgent(t, buildTentacle(t), home)
 	addr := p.addr
 	conf := &tls.Config{Certificates: []tls.Certificate{client.cert}, InsecureSkipVerify: true}
 	ping := func() error {
@@ -2283,18 +2283,6 @@ func BenchmarkCoreConnect(b *testing.B) {
 	}
 }
 
-// buildAgent builds the real binary once per test binary run.
-func buildAgent(tb testing.TB) string {
-	tb.Helper()
-	out := filepath.Join(tb.TempDir(), "tentacle")
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("go build: %v\n%s", err, msg)
-	}
-	return out
-}
-
 // rssKiB reads a process's resident set size.
 func rssKiB(tb testing.TB, pid int) int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -2315,7 +2303,7 @@ func BenchmarkCoreMemory(b *testing.B) {
 	if _, err := os.Stat("/proc/self/status"); err != nil {
 		b.Skip("needs /proc")
 	}
-	bin := buildAgent(b)
+	bin := buildTentacle(b)
 	home := b.TempDir()
 	client, _ := trustedClient(b, home, "bench")
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")

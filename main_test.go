@@ -21,6 +21,16 @@ import (
 	"time"
 )
 
+// TestMain runs the tests, then removes the agent binary that
+// buildTentacle built for them.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
 // syncBuffer is a bytes.Buffer safe for the agent's logger and a test.
 type syncBuffer struct {
 	mu sync.Mutex // guards b

@@ -456,25 +456,6 @@ func TestProbeAddr(t *testing.T) {
 	}
 }
 
-// buildOpsBinary builds the binary into a temporary folder.
-func buildOpsBinary(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "tentacle")
-	if runtime.GOOS == "windows" {
-		bin += ".exe"
-	}
-	cmd := exec.Command(goBin, "build", "-trimpath", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := runChild(cmd); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // runChild is cmd.CombinedOutput through startChild and waitChild, so that
 // the orphan reaper of an agent in this process leaves cmd's exit status to
 // the test.
@@ -571,7 +552,7 @@ func TestContainerConfigFromEnvironment(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("stops the agent with SIGTERM, which Windows does not have")
 	}
-	bin := buildOpsBinary(t)
+	bin := buildTentacle(t)
 	client := newTestIdentity(t)
 	ping := func(p *envAgent, id *identity) error {
 		cc, err := dialAgent(p.addr, id, p.thumbprint, "", 5*time.Second, nil)
@@ -699,7 +680,7 @@ func TestServiceUnit(t *testing.T) {
 	root := t.TempDir()
 	bin := ""
 	if runtime.GOOS == "linux" {
-		bin = buildOpsBinary(t)
+		bin = buildTentacle(t)
 	} else {
 		bin, _ = os.Executable()
 	}

@@ -158,7 +158,7 @@ func TestAgentAsPID1(t *testing.T) {
 		t.Fatalf("unshare --pid --fork --mount-proc true: %v: %s", err, probeOut.String())
 	}
 
-	bin := buildOpsBinary(t)
+	bin := buildTentacle(t)
 	client := newTestIdentity(t)
 	env := baseEnv("TENTACLE_HOME="+t.TempDir(), "TENTACLE_LISTEN=127.0.0.1:0", "TENTACLE_TRUST="+client.thumbprint)
 	// --kill-child: if the test fails and kills unshare, PID 1 goes too, and
@@ -401,7 +401,7 @@ func TestAgentWithoutCgroups(t *testing.T) {
 		t.Skip("needs root and setpriv (util-linux) to run the agent as another user")
 	}
 	const nobody = 65534
-	bin := buildOpsBinary(t)
+	bin := buildTentacle(t)
 	home := filepath.Join(t.TempDir(), "home")
 	// The test's temporary folders are 0700 root: let nobody through.
 	for _, d := range []string{filepath.Dir(filepath.Dir(home)), filepath.Dir(home), filepath.Dir(bin)} {
@@ -567,7 +567,7 @@ func TestUnwritableHome(t *testing.T) {
 		t.Skip("needs root, setpriv and unshare (util-linux)")
 	}
 	const nobody = 65534
-	bin := buildOpsBinary(t)
+	bin := buildTentacle(t)
 	base := t.TempDir()
 	for _, d := range []string{filepath.Dir(base), base, filepath.Dir(bin)} {
 		if err := os.Chmod(d, 0o755); err != nil {
