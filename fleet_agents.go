@@ -73,9 +73,15 @@ const agentsHeader = "# tentacle agents: NAME ADDRESS PIN [TAG...]; edit with \"
 // fixes it.
 func readAgents(home string) (*agentsFile, error) {
 	a := &agentsFile{path: agentsPath(home), byName: map[string]*agentEntry{}, perm: 0o644}
-	f, err := os.Open(a.path)
+	// Opened as the trust list is (StrictModes: owner, links, the folders
+	// on the way, all checked on the descriptor read).
+	f, err := openStrict(a.path, fmt.Sprintf("agents file %q", a.path), false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return a, nil
+	}
+	if me, ok := err.(*modeError); ok {
+		me.problem += ", so its pins cannot be relied on"
+		return nil, me
 	}
 	if err != nil {
 		return nil, fmt.Errorf("failed to read agents file %q: %v", a.path, err)
@@ -84,9 +90,6 @@ func readAgents(home string) (*agentsFile, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("failed to read agents file %q: %v", a.path, err)
-	}
-	if !isWindows && fi.Mode().Perm()&0o022 != 0 {
-		return nil, fmt.Errorf("agents file %q is writable by group or others (mode %04o), so its pins cannot be relied on: fix it with \"chmod go-w %s\"", a.path, fi.Mode().Perm(), a.path)
 	}
 	a.exists, a.perm = true, fi.Mode().Perm()
 	if err := a.parse(io.LimitReader(f, maxAgentsFile+1)); err != nil {

@@ -191,6 +191,34 @@ func TestAgentsFileModeRefused(t *testing.T) {
 	}
 }
 
+// TestAgentsFileOwnerRefused: an agents file that another user owns, or a
+// link to one, is refused like the trust list (its pins are that user's).
+func TestAgentsFileOwnerRefused(t *testing.T) {
+	if isWindows || os.Getuid() != 0 {
+		t.Skip("needs root to give a file to another user")
+	}
+	for _, link := range []bool{false, true} {
+		t.Run(map[bool]string{false: "owned by another user", true: "a link to such a file"}[link], func(t *testing.T) {
+			home, theirs := t.TempDir(), filepath.Join(t.TempDir(), "agents")
+			if !link {
+				theirs = agentsPath(home)
+			}
+			if err := os.WriteFile(theirs, []byte("web1 10.0.0.1 "+tpA+"\n"), 0o644); err != nil || os.Chown(theirs, 65534, 65534) != nil {
+				t.Fatal("cannot make another user's file")
+			}
+			if link {
+				if err := os.Symlink(theirs, agentsPath(home)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, stderr, code := runCLI("agents", "list", "-home", home)
+			if code != 1 || !strings.Contains(stderr, "is owned by uid 65534") || !strings.Contains(stderr, "so its pins cannot be relied on") {
+				t.Fatalf("code %d, stderr %q", code, stderr)
+			}
+		})
+	}
+}
+
 func TestAgentsCommands(t *testing.T) {
 	home := t.TempDir()
 	path := agentsPath(home)
