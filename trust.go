@@ -360,9 +360,9 @@ func (a fileStamp) same(b fileStamp) bool {
 	if a.fi == nil || b.fi == nil {
 		return a.fi == nil && b.fi == nil && errors.Is(a.err, fs.ErrNotExist) == errors.Is(b.err, fs.ErrNotExist)
 	}
-	// fileVersion adds the ctime where there is one: a chown changes it.
-	return os.SameFile(a.fi, b.fi) && a.fi.Size() == b.fi.Size() && a.fi.ModTime().Equal(b.fi.ModTime()) && a.fi.Mode() == b.fi.Mode() &&
-		fileVersion(a.fi) == fileVersion(b.fi)
+	// fileVersion holds size and mtime, and the ctime where there is one
+	// (a chown changes it); SameFile and the mode cover the rest elsewhere.
+	return os.SameFile(a.fi, b.fi) && a.fi.Mode() == b.fi.Mode() && fileVersion(a.fi) == fileVersion(b.fi)
 }
 
 // trustStore is the live trust decision: the file, re-read whenever it
